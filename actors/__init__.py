@@ -1,0 +1,1 @@
+"""The compute side: Ray actors that own the face models and the gallery."""

@@ -1,0 +1,95 @@
+"""The embedded Qdrant engine (qdrant-edge): in-process segments, HNSW, WAL.
+
+Only one process may open a shard (a second one gets a WAL lock error), so in the pipeline
+one Ray actor owns it and every read and write goes through that actor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import qdrant_edge as qe
+
+from actors.gallery.base import Gallery, GalleryError, Hit
+
+_SCROLL_PAGE = 1024
+
+
+class EdgeGallery(Gallery):
+    backend = "edge"
+
+    def __init__(self, path: Path, model_id: str, dim: int, hnsw_ef: int = 128) -> None:
+        super().__init__(model_id, dim)
+        self.path = Path(path).expanduser()
+        self.hnsw_ef = hnsw_ef
+        meta_file = self.path / "gallery.json"
+        shard_dir = self.path / "shard"
+        stored = json.loads(meta_file.read_text())["model_id"] if meta_file.exists() else None
+        self._bind_model(stored)
+        try:
+            if shard_dir.exists() and any(shard_dir.iterdir()):
+                self.shard = qe.EdgeShard.load(str(shard_dir))
+            else:
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.shard = qe.EdgeShard.create(str(shard_dir), self._config())
+                self.shard.update(
+                    qe.UpdateOperation.create_field_index("identity", qe.PayloadSchemaType.Keyword)
+                )
+        except Exception as exc:  # the engine raises plain exceptions, e.g. on a held WAL lock
+            raise GalleryError(f"cannot open gallery at {shard_dir}: {exc}") from exc
+        if stored is None:
+            meta_file.write_text(json.dumps({"model_id": model_id, "dim": dim}))
+
+    def _config(self) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=self.dim, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=128, full_scan_threshold=10_000),
+        )
+
+    def _upsert(self, points: list[tuple[str, list[float], dict[str, Any]]]) -> None:
+        self.shard.update(
+            qe.UpdateOperation.upsert_points([qe.Point(pid, vec, pl) for pid, vec, pl in points])
+        )
+        self.shard.flush()
+
+    def _query(self, vector: list[float], limit: int) -> list[Hit]:
+        hits = self.shard.query(
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(vector),
+                with_payload=True,
+                params=qe.SearchParams(hnsw_ef=max(self.hnsw_ef, limit)),
+            )
+        )
+        return [Hit(h.score, dict(h.payload or {})) for h in hits]
+
+    def _identity_filter(self, identity: str) -> qe.Filter:
+        return qe.Filter(must=[qe.FieldCondition(key="identity", match=qe.MatchValue(identity))])
+
+    def _payloads(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        offset = None
+        while True:
+            records, offset = self.shard.scroll(
+                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=True)
+            )
+            out.extend(dict(r.payload or {}) for r in records)
+            if offset is None:
+                return out
+
+    def delete(self, identity: str) -> int:
+        flt = self._identity_filter(identity)
+        removed = self.shard.count(qe.CountRequest(filter=flt, exact=True))
+        if removed:
+            self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))
+            self.shard.flush()
+        return removed
+
+    def size(self) -> int:
+        return self.shard.count(qe.CountRequest(exact=True))
+
+    def close(self) -> None:
+        self.shard.flush()
+        self.shard.close()

@@ -1,0 +1,88 @@
+"""A Qdrant server through qdrant-client (production; shared by all workers).
+
+The collection's metadata records the model id. Tests drive this adapter against
+qdrant-client's local mode (``url=":memory:"`` or ``url="path:/some/dir"``), which speaks
+the same API with brute-force search.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+
+from actors.gallery.base import Gallery, Hit
+
+_SCROLL_PAGE = 1024
+
+
+def make_client(url: str, api_key: str | None = None) -> QdrantClient:
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if url.startswith("path:"):
+        return QdrantClient(path=url.removeprefix("path:"))
+    return QdrantClient(url=url, api_key=api_key)
+
+
+class ServerGallery(Gallery):
+    backend = "server"
+
+    def __init__(
+        self, url: str, collection: str, model_id: str, dim: int, api_key: str | None = None
+    ) -> None:
+        super().__init__(model_id, dim)
+        self.client = make_client(url, api_key)
+        self.collection = collection
+        if self.client.collection_exists(collection):
+            meta = self.client.get_collection(collection).config.metadata or {}
+            self._bind_model(meta.get("model_id"))
+        else:
+            self.client.create_collection(
+                collection,
+                vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
+                metadata={"model_id": model_id},
+            )
+            self.client.create_payload_index(collection, "identity", qm.PayloadSchemaType.KEYWORD)
+
+    def _upsert(self, points: list[tuple[str, list[float], dict[str, Any]]]) -> None:
+        self.client.upsert(
+            self.collection,
+            [qm.PointStruct(id=pid, vector=vec, payload=pl) for pid, vec, pl in points],
+            wait=True,
+        )
+
+    def _query(self, vector: list[float], limit: int) -> list[Hit]:
+        res = self.client.query_points(
+            self.collection, query=vector, limit=limit, with_payload=True
+        )
+        return [Hit(p.score, dict(p.payload or {})) for p in res.points]
+
+    def _identity_filter(self, identity: str) -> qm.Filter:
+        return qm.Filter(
+            must=[qm.FieldCondition(key="identity", match=qm.MatchValue(value=identity))]
+        )
+
+    def _payloads(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        offset = None
+        while True:
+            records, offset = self.client.scroll(
+                self.collection, limit=_SCROLL_PAGE, offset=offset, with_payload=True
+            )
+            out.extend(dict(r.payload or {}) for r in records)
+            if offset is None:
+                return out
+
+    def delete(self, identity: str) -> int:
+        flt = self._identity_filter(identity)
+        removed = self.client.count(self.collection, count_filter=flt, exact=True).count
+        if removed:
+            self.client.delete(self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
+        return removed
+
+    def size(self) -> int:
+        return self.client.count(self.collection, exact=True).count
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,58 @@
+"""What every face model runtime provides: detection + one embedding per face."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class DetectedFace:
+    bbox: list[float]  # x1, y1, x2, y2 in pixels of the (orientation-corrected) image
+    landmarks: list[list[float]]  # 5 points: eyes, nose, mouth corners
+    det_score: float
+
+
+@dataclass
+class ImageFaces:
+    """Every face of one image, with their L2-normalised embeddings (n, dim) float32."""
+
+    faces: list[DetectedFace] = field(default_factory=list)
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 512), np.float32))
+
+
+class FaceModel(ABC):
+    model_id: str
+    embedding_dim: int
+    providers: list[str]  # execution providers actually in use
+
+    @abstractmethod
+    def detect(self, image_bgr: np.ndarray) -> tuple[list[DetectedFace], np.ndarray]:
+        """Faces of one image and their landmarks as an (n, 5, 2) array."""
+
+    @abstractmethod
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        """L2-normalised embeddings for aligned crops, in one batched call."""
+
+    @abstractmethod
+    def align(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The aligned crop the recogniser expects for one face."""
+
+    def analyze(self, images_bgr: list[np.ndarray]) -> list[ImageFaces]:
+        """Detect per image, then embed every face of every image in one batch."""
+        detections = [self.detect(img) for img in images_bgr]
+        crops = [
+            self.align(img, kps)
+            for img, (_, all_kps) in zip(images_bgr, detections, strict=True)
+            for kps in all_kps
+        ]
+        embeddings = (
+            self.embed_crops(crops) if crops else np.zeros((0, self.embedding_dim), np.float32)
+        )
+        out, start = [], 0
+        for faces, _ in detections:
+            out.append(ImageFaces(faces, embeddings[start : start + len(faces)]))
+            start += len(faces)
+        return out

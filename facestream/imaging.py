@@ -1,0 +1,97 @@
+"""Image bytes -> BGR pixels, or a rejection with a stable reason code.
+
+Pillow decodes every format users send (JPEG, PNG, WebP, BMP, TIFF, GIF); the pixel limit
+is checked from the header before any pixel is decoded, so a decompression bomb costs
+nothing. EXIF orientation is honoured; alpha is dropped; grayscale, CMYK and 16-bit images
+become 8-bit RGB; an animated image contributes its first frame.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from facestream.settings import ImageLimits
+
+# Pillow's own bomb guard would raise before ours with a less useful message.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class Reason:
+    """Stable DLQ reason codes (documented in README, "Bad input")."""
+
+    EMPTY = "empty"
+    TOO_MANY_BYTES = "too_many_bytes"
+    NOT_AN_IMAGE = "not_an_image"
+    TRUNCATED = "truncated"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TOO_SMALL = "too_small"
+    PROCESSING_FAILED = "processing_failed"
+
+
+@dataclass(frozen=True)
+class ImageRejected(Exception):
+    reason: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+def check_size(data: bytes, limits: ImageLimits) -> None:
+    """The checks that need no decoding: run them before shipping bytes anywhere."""
+    if not data:
+        raise ImageRejected(Reason.EMPTY, "message value is empty")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected(
+            Reason.TOO_MANY_BYTES, f"{len(data)} bytes exceeds the limit of {limits.max_bytes}"
+        )
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """Decode to a contiguous uint8 BGR array (H, W, 3), insightface's input format."""
+    check_size(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(Reason.NOT_AN_IMAGE, "not a recognised image format") from exc
+    width, height = img.size
+    if width * height > limits.max_pixels:
+        raise ImageRejected(
+            Reason.TOO_MANY_PIXELS,
+            f"{width}x{height} = {width * height} pixels exceeds the limit of {limits.max_pixels}",
+        )
+    if min(width, height) < limits.min_side:
+        raise ImageRejected(
+            Reason.TOO_SMALL, f"{width}x{height} is below the minimum side of {limits.min_side}"
+        )
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(img)
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow reports a cut-off file as OSError("image file is truncated ...").
+        reason = Reason.TRUNCATED if "truncat" in str(exc).lower() else Reason.NOT_AN_IMAGE
+        raise ImageRejected(reason, f"cannot decode: {exc}") from exc
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits rather than clip.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max() or 1.0
+        gray = (arr * (255.0 / peak)).clip(0, 255).astype(np.uint8)
+        return np.stack([gray] * 3, axis=-1)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Composite on white: transparent regions must not become black face-like blobs.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"))

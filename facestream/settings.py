@@ -1,0 +1,178 @@
+"""One typed settings object for every process (env prefix ``FACESTREAM_``).
+
+Nested groups use ``__``: ``FACESTREAM_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``,
+``FACESTREAM_MATCHING__THRESHOLD=0.45``. Defaults run the embedded stack out of the box;
+``FACESTREAM_PROFILE=production`` switches broker tuning to Apache Kafka values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Profile = Literal["embedded", "production"]
+
+
+def _data_home() -> Path:
+    return Path.home() / ".local" / "share" / "facestream"
+
+
+def _cache_home() -> Path:
+    return Path.home() / ".cache" / "facestream"
+
+
+class BrokerTuning(BaseModel):
+    """Client tuning that depends on the broker. ``None`` means: the profile's value.
+
+    The embedded profile runs on Tansu, whose quirks (see README, "Embedded broker") need a
+    short session timeout and one record per producer batch. Production (Apache Kafka) keeps
+    the Faust/aiokafka defaults.
+    """
+
+    session_timeout_s: float | None = None
+    heartbeat_interval_s: float | None = None
+    producer_max_batch_size: int | None = None
+
+    def resolved(self, profile: Profile) -> BrokerTuning:
+        base = PROFILE_TUNING[profile]
+        return BrokerTuning(
+            **{k: v if v is not None else getattr(base, k) for k, v in self.model_dump().items()}
+        )
+
+
+PROFILE_TUNING: dict[Profile, BrokerTuning] = {
+    # Tansu holds JoinGroup ~half the session timeout; its ListOffsets(latest) is wrong when
+    # a batch holds several records, so batches carry one record.
+    "embedded": BrokerTuning(
+        session_timeout_s=4.0, heartbeat_interval_s=0.5, producer_max_batch_size=1
+    ),
+    "production": BrokerTuning(
+        session_timeout_s=60.0, heartbeat_interval_s=3.0, producer_max_batch_size=16384
+    ),
+}
+
+
+class KafkaSettings(BaseModel):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    app_id: str = "facestream"
+    max_message_bytes: int = 8 * 1024 * 1024
+    tuning: BrokerTuning = BrokerTuning()
+
+    @property
+    def bootstrap_list(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+
+
+class TopicSettings(BaseModel):
+    images: str = "images"
+    matches: str = "matches"
+    dlq: str = "images.dlq"
+    enrollments: str = "enrollments"
+    enrollment_acks: str = "enrollments.acks"
+    images_partitions: int = 4
+    replication_factor: int = 1
+
+
+class ModelSettings(BaseModel):
+    # None: the bundled default pack (SCRFD-500M + w600k_mbf) copied into cache_dir/models.
+    # Any insightface-format folder (one detection and one recognition .onnx) replaces it.
+    folder: Path | None = None
+    # "auto": CUDAExecutionProvider when onnxruntime offers it, else CPU.
+    providers: list[str] | Literal["auto"] = "auto"
+    det_size: int = 640
+    det_threshold: float = 0.5
+    intra_op_threads: int = 1
+    # Faces beyond this many per image (largest first) are not embedded: bounds memory.
+    max_faces_per_image: int = 64
+
+
+class ImageLimits(BaseModel):
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    min_side: int = 16
+
+
+class BatchSettings(BaseModel):
+    size: int = 8
+    wait_ms: int = 50
+    # Concurrent batches per worker: bounds in-flight images to size * in_flight_batches.
+    in_flight_batches: int = 2
+
+
+class MatchingSettings(BaseModel):
+    # Cosine similarity of L2-normalised embeddings, in [-1, 1]. See README "Thresholds".
+    threshold: float = 0.4
+    top_k: int = 3
+
+
+class GallerySettings(BaseModel):
+    backend: Literal["edge", "server"] = "edge"
+    path: Path = Field(default_factory=lambda: _data_home() / "gallery")
+    url: str | None = None  # server backend, e.g. http://qdrant:6333
+    api_key: str | None = None
+    collection: str = "faces"
+    hnsw_ef: int = 128
+
+
+class RaySettings(BaseModel):
+    address: str | None = None  # None: start a local Ray inside the worker
+    namespace: str = "facestream"
+    num_cpus: int | None = None
+    model_replicas: int = 1
+    model_num_cpus: float = 1.0
+    model_num_gpus: float = 0.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    profile: Profile = "embedded"
+    kafka: KafkaSettings = KafkaSettings()
+    topics: TopicSettings = TopicSettings()
+    model: ModelSettings = ModelSettings()
+    limits: ImageLimits = ImageLimits()
+    batch: BatchSettings = BatchSettings()
+    matching: MatchingSettings = MatchingSettings()
+    gallery: GallerySettings = GallerySettings()
+    ray: RaySettings = RaySettings()
+    cache_dir: Path = Field(default_factory=_cache_home)
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.gallery.backend == "server" and not self.gallery.url:
+            raise ValueError("gallery.backend=server needs gallery.url (FACESTREAM_GALLERY__URL)")
+        if not 0 < self.batch.size <= 1024:
+            raise ValueError("batch.size must be in 1..1024")
+        return self
+
+    @property
+    def tuning(self) -> BrokerTuning:
+        return self.kafka.tuning.resolved(self.profile)
+
+    def env(self) -> dict[str, str]:
+        """These settings as FACESTREAM_ variables, to hand to a child process."""
+        out: dict[str, str] = {}
+
+        def walk(prefix: str, value: object) -> None:
+            if isinstance(value, dict):
+                for k, v in value.items():
+                    walk(f"{prefix}__{k.upper()}" if prefix else k.upper(), v)
+            elif value is not None:
+                out[f"FACESTREAM_{prefix}"] = (
+                    value if isinstance(value, str) else _json_scalar(value)
+                )
+
+        walk("", self.model_dump(mode="json"))
+        return out
+
+
+def _json_scalar(value: object) -> str:
+    import json
+
+    return json.dumps(value)
