@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
-
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -33,10 +31,13 @@ class Reason:
     PROCESSING_FAILED = "processing_failed"
 
 
-@dataclass(frozen=True)
 class ImageRejected(Exception):
-    reason: str
-    message: str
+    """An input that cannot be processed; travels between processes (plain args pickle)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason, message)
+        self.reason = reason
+        self.message = message
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

@@ -108,6 +108,13 @@ class MatchingSettings(BaseModel):
     top_k: int = 3
 
 
+class RetrySettings(BaseModel):
+    # Compute-side failures (a dead actor, an unreachable gallery) are retried this many
+    # times with exponential backoff before the images go to the DLQ as processing_failed.
+    attempts: int = 3
+    backoff_s: float = 0.5
+
+
 class GallerySettings(BaseModel):
     backend: Literal["edge", "server"] = "edge"
     path: Path = Field(default_factory=lambda: _data_home() / "gallery")
@@ -138,6 +145,7 @@ class Settings(BaseSettings):
     limits: ImageLimits = ImageLimits()
     batch: BatchSettings = BatchSettings()
     matching: MatchingSettings = MatchingSettings()
+    retry: RetrySettings = RetrySettings()
     gallery: GallerySettings = GallerySettings()
     ray: RaySettings = RaySettings()
     cache_dir: Path = Field(default_factory=_cache_home)
@@ -150,6 +158,17 @@ class Settings(BaseSettings):
         if not 0 < self.batch.size <= 1024:
             raise ValueError("batch.size must be in 1..1024")
         return self
+
+    def override(self, **changes: object) -> Settings:
+        """A copy with ``group__field=value`` changes, validated like the environment."""
+        data = self.model_dump()
+        for path, value in changes.items():
+            *groups, leaf = path.split("__")
+            node = data
+            for g in groups:
+                node = node[g]
+            node[leaf] = value
+        return type(self)(**data)
 
     @property
     def tuning(self) -> BrokerTuning:

@@ -3,8 +3,8 @@
 from actors.gallery.base import Candidate, Gallery, GalleryError, ModelMismatch
 
 
-def open_gallery(settings, model_id: str, dim: int) -> Gallery:  # noqa: ANN001 - Settings
-    """The configured backend, bound to ``model_id``."""
+def open_gallery(settings, model_id: str | None, dim: int | None) -> Gallery:  # noqa: ANN001 - Settings
+    """The configured backend, bound to ``model_id`` (None: adopt the stored model)."""
     g = settings.gallery
     if g.backend == "server":
         from actors.gallery.server import ServerGallery

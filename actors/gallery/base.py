@@ -52,12 +52,17 @@ def point_id(identity: str, photo_sha256: str) -> str:
 class Gallery(ABC):
     backend: str
 
-    def __init__(self, model_id: str, dim: int) -> None:
+    def __init__(self, model_id: str | None, dim: int | None) -> None:
+        """``model_id=None`` adopts the stored model (reads, listing, deletion only)."""
         self.model_id = model_id
         self.dim = dim
 
-    def _bind_model(self, stored: str | None) -> None:
-        if stored is not None and stored != self.model_id:
+    def _bind_model(self, stored: str | None, stored_dim: int | None) -> None:
+        if self.model_id is None:
+            if stored is None:
+                raise GalleryError("no gallery here yet (nothing has been enrolled)")
+            self.model_id, self.dim = stored, stored_dim
+        elif stored is not None and stored != self.model_id:
             raise ModelMismatch(
                 f"gallery holds embeddings of model {stored!r}; this worker runs "
                 f"{self.model_id!r}. Re-enrol into a new gallery for the new model."

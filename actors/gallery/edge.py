@@ -20,14 +20,16 @@ _SCROLL_PAGE = 1024
 class EdgeGallery(Gallery):
     backend = "edge"
 
-    def __init__(self, path: Path, model_id: str, dim: int, hnsw_ef: int = 128) -> None:
+    def __init__(
+        self, path: Path, model_id: str | None, dim: int | None, hnsw_ef: int = 128
+    ) -> None:
         super().__init__(model_id, dim)
         self.path = Path(path).expanduser()
         self.hnsw_ef = hnsw_ef
         meta_file = self.path / "gallery.json"
         shard_dir = self.path / "shard"
-        stored = json.loads(meta_file.read_text())["model_id"] if meta_file.exists() else None
-        self._bind_model(stored)
+        meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
+        self._bind_model(meta.get("model_id"), meta.get("dim"))
         try:
             if shard_dir.exists() and any(shard_dir.iterdir()):
                 self.shard = qe.EdgeShard.load(str(shard_dir))
@@ -39,8 +41,8 @@ class EdgeGallery(Gallery):
                 )
         except Exception as exc:  # the engine raises plain exceptions, e.g. on a held WAL lock
             raise GalleryError(f"cannot open gallery at {shard_dir}: {exc}") from exc
-        if stored is None:
-            meta_file.write_text(json.dumps({"model_id": model_id, "dim": dim}))
+        if not meta:
+            meta_file.write_text(json.dumps({"model_id": self.model_id, "dim": self.dim}))
 
     def _config(self) -> qe.EdgeConfig:
         return qe.EdgeConfig(

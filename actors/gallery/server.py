@@ -29,19 +29,22 @@ class ServerGallery(Gallery):
     backend = "server"
 
     def __init__(
-        self, url: str, collection: str, model_id: str, dim: int, api_key: str | None = None
+        self, url: str, collection: str, model_id: str | None, dim: int | None,
+        api_key: str | None = None,
     ) -> None:
         super().__init__(model_id, dim)
         self.client = make_client(url, api_key)
         self.collection = collection
         if self.client.collection_exists(collection):
-            meta = self.client.get_collection(collection).config.metadata or {}
-            self._bind_model(meta.get("model_id"))
+            config = self.client.get_collection(collection).config
+            meta = config.metadata or {}
+            self._bind_model(meta.get("model_id"), config.params.vectors.size)
         else:
+            self._bind_model(None, None)
             self.client.create_collection(
                 collection,
-                vectors_config=qm.VectorParams(size=dim, distance=qm.Distance.COSINE),
-                metadata={"model_id": model_id},
+                vectors_config=qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE),
+                metadata={"model_id": self.model_id},
             )
             self.client.create_payload_index(collection, "identity", qm.PayloadSchemaType.KEYWORD)
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from facestream.imaging import ImageRejected, decode_image
+from facestream.settings import ImageLimits
+
 
 @dataclass
 class DetectedFace:
@@ -56,3 +59,17 @@ class FaceModel(ABC):
             out.append(ImageFaces(faces, embeddings[start : start + len(faces)]))
             start += len(faces)
         return out
+
+    def analyze_bytes(
+        self, blobs: list[bytes], limits: ImageLimits
+    ) -> list[ImageFaces | ImageRejected]:
+        """Decode each image (a bad one yields its rejection), then analyze the rest together."""
+        decoded: list[np.ndarray | ImageRejected] = []
+        for blob in blobs:
+            try:
+                decoded.append(decode_image(blob, limits))
+            except ImageRejected as rejected:
+                decoded.append(rejected)
+        good = [d for d in decoded if isinstance(d, np.ndarray)]
+        results = iter(self.analyze(good))
+        return [d if isinstance(d, ImageRejected) else next(results) for d in decoded]

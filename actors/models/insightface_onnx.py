@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 import onnxruntime
@@ -69,7 +70,11 @@ class InsightFaceOnnx(FaceModel):
         return faces, kpss
 
     def align(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
-        return face_align.norm_crop(image_bgr, landmark=landmarks, image_size=self.recognizer.input_size[0])
+        with warnings.catch_warnings():  # scikit-image deprecation inside insightface
+            warnings.simplefilter("ignore", FutureWarning)
+            return face_align.norm_crop(
+                image_bgr, landmark=landmarks, image_size=self.recognizer.input_size[0]
+            )
 
     def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         feats = np.asarray(self.recognizer.get_feat(crops), dtype=np.float32)

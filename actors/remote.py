@@ -1,0 +1,135 @@
+"""The Ray side: actors that own the face models and the gallery, and how workers reach them.
+
+Model actors are a pool of named replicas (each holds its own onnxruntime sessions); the
+gallery actor is a singleton because the embedded engine may be opened by one process only.
+Names are derived from the app id, so every worker of one deployment finds the same actors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from actors.gallery import Candidate, open_gallery
+from actors.models import ImageFaces, load_face_model
+from facestream.imaging import ImageRejected
+from facestream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class ModelActor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model = load_face_model(settings)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model.model_id,
+            "embedding_dim": self.model.embedding_dim,
+            "providers": self.model.providers,
+            "node_id": ray.get_runtime_context().get_node_id(),
+        }
+
+    def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
+        return self.model.analyze_bytes(blobs, self.settings.limits)
+
+
+@ray.remote
+class GalleryActor:
+    def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
+        self.gallery = open_gallery(settings, model_id, dim)
+
+    def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        if len(embeddings) == 0:
+            return []
+        return self.gallery.search(embeddings, top_k)
+
+    def add(
+        self, identity: str, name: str | None, embeddings: np.ndarray, photos: list[dict[str, str]]
+    ) -> list[str]:
+        return self.gallery.add(identity, name, embeddings, photos)
+
+    def delete(self, identity: str) -> int:
+        return self.gallery.delete(identity)
+
+    def identities(self) -> list[dict[str, Any]]:
+        return self.gallery.identities()
+
+    def size(self) -> int:
+        return self.gallery.size()
+
+
+@dataclass
+class Actors:
+    models: list[Any]  # ModelActor handles
+    gallery: Any  # GalleryActor handle
+    model_id: str
+    embedding_dim: int
+    providers: list[str]
+
+
+def connect_ray(settings: Settings) -> None:
+    """Join the configured cluster, or start a local one. Call before Faust takes over stdio."""
+    if ray.is_initialized():
+        return
+    # mode (Faust) replaces sys.stdout/stderr with proxies that lack fileno(), which Ray's
+    # faulthandler needs: use the real streams while Ray starts.
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+    try:
+        ray.init(
+            address=settings.ray.address,
+            namespace=settings.ray.namespace,
+            num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def actor_names(settings: Settings) -> tuple[list[str], str]:
+    app = settings.kafka.app_id
+    return [f"{app}-model-{i}" for i in range(settings.ray.model_replicas)], f"{app}-gallery"
+
+
+def ensure_actors(settings: Settings) -> Actors:
+    """Find the deployment's actors, creating any that do not exist yet (idempotent)."""
+    model_names, gallery_name = actor_names(settings)
+    models = [
+        ModelActor.options(
+            name=name,
+            get_if_exists=True,
+            lifetime="detached",
+            num_cpus=settings.ray.model_num_cpus,
+            num_gpus=settings.ray.model_num_gpus,
+            max_restarts=-1,
+            max_task_retries=2,
+            scheduling_strategy="SPREAD",
+        ).remote(settings)
+        for name in model_names
+    ]
+    info = ray.get(models[0].info.remote())
+    gallery = GalleryActor.options(
+        name=gallery_name,
+        get_if_exists=True,
+        lifetime="detached",
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=2,
+    ).remote(settings, info["model_id"], info["embedding_dim"])
+    ray.get(gallery.size.remote())  # surfaces a model mismatch or lock error now, not later
+    log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])
+    return Actors(models, gallery, info["model_id"], info["embedding_dim"], info["providers"])
+
+
+def find_gallery(settings: Settings) -> Any:
+    """The running deployment's gallery actor (raises ValueError when there is none)."""
+    return ray.get_actor(actor_names(settings)[1], namespace=settings.ray.namespace)

@@ -1,0 +1,224 @@
+"""The ``facestream`` command line. Settings come from FACESTREAM_* variables (see README)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import click
+from rich.progress import Progress
+
+from facestream.render import console, event_line, kv_table, rows_table
+from facestream.settings import Settings
+from facestream.tally import Tally
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+
+
+def _image_files(paths: tuple[str, ...]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise click.ClickException(f"no such file or folder: {path}")
+    return files
+
+
+@click.group()
+def main() -> None:
+    """facestream: streaming face identification on Kafka, Faust, Ray and Qdrant."""
+
+
+@main.command()
+def demo() -> None:
+    """Run the embedded stack on sample photos: enrol, stream, print events, summarise."""
+    from facestream.demo import run_demo
+
+    sys.exit(run_demo(_settings()))
+
+
+@main.command()
+def up() -> None:
+    """Start the embedded stack (broker + worker, local Ray, embedded Qdrant) until Ctrl-C."""
+    from facestream.embedded import EmbeddedStack
+
+    settings = _settings()
+    run_dir = settings.cache_dir / "run"
+    with EmbeddedStack(settings, run_dir) as stack:
+        console.print(
+            f"facestream up: broker {settings.kafka.bootstrap_servers}, "
+            f"gallery {settings.gallery.path}, logs in {run_dir}\n"
+            "  facestream enroll ID PHOTO...   facestream produce PATH...   facestream watch\n"
+            "Ctrl-C stops."
+        )
+        try:
+            while all(w.alive() for w in stack.workers):
+                time.sleep(1)
+            console.print("[red]a worker exited:[/]\n" + stack.workers[0].log_tail())
+            sys.exit(1)
+        except KeyboardInterrupt:
+            console.print("stopping...")
+
+
+@main.command()
+def worker() -> None:
+    """Run one Faust worker against the configured broker, Ray and gallery."""
+    from streams.app import run_worker
+
+    run_worker(_settings())
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--source", default="cli", show_default=True, help="source header and key")
+def produce(paths: tuple[str, ...], source: str) -> None:
+    """Send image files (and folders of them) to the images topic."""
+    from streams.clients import ImageToSend, produce_images
+
+    files = _image_files(paths)
+    items = (
+        ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", f.read_bytes(), source) for f in files
+    )
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("producing", total=len(files))
+        sent = asyncio.run(produce_images(
+            _settings(), items, on_sent=lambda _: progress.advance(task)))
+    console.print(f"sent {sent} image(s)")
+
+
+@main.command()
+@click.argument("identity")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--name", default=None, help="display name")
+@click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for the ack")
+def enroll(identity: str, images: tuple[str, ...], name: str | None, timeout: float) -> None:
+    """Enrol IDENTITY from photos holding exactly one face each."""
+    from streams.clients import request_enrollment
+    from streams.enrollment import EnrollmentRequest, Photo
+
+    photos = tuple(Photo(p.name, p.read_bytes()) for p in _image_files(images))
+    request = EnrollmentRequest("enroll", identity, name, photos)
+    reply = asyncio.run(request_enrollment(_settings(), request, timeout))
+    _print_ack(reply)
+
+
+def _print_ack(reply: dict) -> None:
+    if reply["ok"]:
+        detail = {k: reply[k] for k in ("photos", "removed") if k in reply}
+        console.print(f"[green]ok[/] {reply['op']} {reply['identity']} {detail}")
+        return
+    error = reply["error"]
+    photo = f" ({error['photo']})" if error.get("photo") else ""
+    raise click.ClickException(f"{reply['op']} refused{photo}: {error['reason']}: {error['message']}")
+
+
+@main.group()
+def identities() -> None:
+    """Manage the gallery of enrolled identities."""
+
+
+@identities.command("list")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
+def identities_list(as_json: bool) -> None:
+    """List enrolled identities (through the running deployment, else the gallery itself)."""
+    from facestream.offline import gallery_rows
+
+    rows = gallery_rows(_settings())
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        console.print(rows_table(f"{len(rows)} identities", rows,
+                                 ["identity", "name", "photos", "enrolled_at"]))
+
+
+@identities.command("delete")
+@click.argument("identity")
+@click.option("--timeout", default=120.0, show_default=True)
+def identities_delete(identity: str, timeout: float) -> None:
+    """Delete IDENTITY: every vector and payload of the person leaves the gallery."""
+    from streams.clients import request_enrollment
+    from streams.enrollment import EnrollmentRequest
+
+    reply = asyncio.run(request_enrollment(
+        _settings(), EnrollmentRequest("delete", identity), timeout))
+    _print_ack(reply)
+
+
+@main.command()
+@click.option("--from-beginning", is_flag=True, help="replay the topics from the start")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines (machines) instead of text")
+@click.option("--dedupe", is_flag=True, help="drop repeated image ids (at-least-once replays)")
+@click.option("--limit", type=int, default=None, help="stop after this many events")
+@click.option("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
+def watch(from_beginning: bool, as_json: bool, dedupe: bool, limit: int | None,
+          idle_exit: float | None) -> None:
+    """Tail match events and DLQ events."""
+    from streams.clients import outcome_topics, read_outcomes, tail
+
+    settings = _settings()
+
+    async def run() -> None:
+        tally = Tally()
+        shown = 0
+        async with tail(settings, outcome_topics(settings), from_beginning) as consumer:
+            async for kind, event in read_outcomes(settings, consumer, idle_exit):
+                if not tally.add(kind, event) and dedupe:
+                    continue
+                shown += 1
+                if as_json:
+                    click.echo(json.dumps({"topic": kind, **event}))
+                else:
+                    console.print(event_line(kind, event))
+                if limit is not None and shown >= limit:
+                    return
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True)
+@click.option("--gallery", "gallery_path", type=click.Path(path_type=Path), default=None,
+              help="embedded gallery folder (default: the configured one)")
+def identify(images: tuple[str, ...], gallery_path: Path | None) -> None:
+    """Detect, embed and search without Kafka: one JSON line per image."""
+    from facestream.offline import OfflineIdentifier
+
+    settings = _settings()
+    if gallery_path is not None:
+        settings = settings.override(gallery__path=gallery_path, gallery__backend="edge")
+    with OfflineIdentifier(settings) as identifier:
+        for path in _image_files(images):
+            click.echo(json.dumps(identifier.identify(str(path), path.read_bytes())))
+
+
+@main.command()
+def topics() -> None:
+    """Create the deployment's topics if missing (production initialisation)."""
+    from streams.topics import ensure_topics, topic_specs
+
+    settings = _settings()
+    asyncio.run(ensure_topics(settings))
+    console.print(kv_table("topics (partitions)", topic_specs(settings)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Outcome events: one per input image, on ``matches`` or on ``images.dlq``.
+
+The JSON Schemas live in ``facestream/schemas/``; bump the version in ``schema`` on any
+incompatible change.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from actors.gallery.base import Candidate
+from actors.models.base import DetectedFace, ImageFaces
+
+MATCH_SCHEMA = "facestream.match/v1"
+DLQ_SCHEMA = "facestream.dlq/v1"
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """Where an image came from; everything an outcome event repeats about its input."""
+
+    image_id: str
+    source: str | None = None
+    captured_at: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The settings every decision depends on, stamped into each event."""
+
+    model_id: str
+    threshold: float
+
+
+def utc_now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def face_record(
+    face: DetectedFace, candidates: list[Candidate], threshold: float
+) -> dict[str, Any]:
+    best = candidates[0] if candidates else None
+    matched = best is not None and best.similarity >= threshold
+    return {
+        "bbox": face.bbox,
+        "landmarks": face.landmarks,
+        "det_score": face.det_score,
+        "decision": "match" if matched else "unknown",
+        "identity": best.identity if matched else None,
+        "similarity": best.similarity if best else None,
+        "candidates": [{"identity": c.identity, "similarity": c.similarity} for c in candidates],
+    }
+
+
+def match_event(
+    meta: ImageMeta, analysis: ImageFaces, candidates: list[list[Candidate]], decision: Decision
+) -> dict[str, Any]:
+    return {
+        "schema": MATCH_SCHEMA,
+        "image_id": meta.image_id,
+        "source": meta.source,
+        "captured_at": meta.captured_at,
+        "processed_at": utc_now(),
+        "model": decision.model_id,
+        "threshold": decision.threshold,
+        "faces": [
+            face_record(face, cands, decision.threshold)
+            for face, cands in zip(analysis.faces, candidates, strict=True)
+        ],
+    }
+
+
+def dlq_event(meta: ImageMeta, reason: str, message: str) -> dict[str, Any]:
+    return {
+        "schema": DLQ_SCHEMA,
+        "image_id": meta.image_id,
+        "source": meta.source,
+        "captured_at": meta.captured_at,
+        "processed_at": utc_now(),
+        "reason": reason,
+        "message": message,
+    }
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,47 @@
+"""Output for people: one readable line per event, and summary tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+def describe_face(face: dict[str, Any]) -> str:
+    if face["decision"] == "match":
+        return f"[green]{face['identity']}[/] {face['similarity']:.2f}"
+    best = f" (best {face['similarity']:.2f})" if face.get("similarity") is not None else ""
+    return f"[yellow]unknown[/]{best}"
+
+
+def event_line(topic_kind: str, event: dict[str, Any]) -> str:
+    image = f"[bold]{event['image_id']}[/]"
+    if topic_kind == "dlq":
+        return f"{image}  [red]error {event['reason']}[/]: {event['message']}"
+    faces = event["faces"]
+    if not faces:
+        return f"{image}  no face"
+    shown = ", ".join(describe_face(f) for f in faces[:6])
+    more = f", +{len(faces) - 6} more" if len(faces) > 6 else ""
+    return f"{image}  {len(faces)} face(s): {shown}{more}"
+
+
+def kv_table(title: str, rows: dict[str, Any]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    return table
+
+
+def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    return table

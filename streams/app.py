@@ -1,0 +1,100 @@
+"""The Faust app: topics, the two agents, and the worker entry point.
+
+At-least-once: an input offset is acknowledged (and later committed) only after its outcome
+event has been delivered to the broker, so a crash replays the batch instead of losing it;
+outcomes are keyed by image id so consumers can drop the duplicates a replay produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import faust
+
+from actors.remote import Actors, connect_ray, ensure_actors
+from facestream.events import encode
+from facestream.settings import Settings
+from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
+from streams.records import image_message
+
+log = logging.getLogger(__name__)
+
+
+def faust_config(settings: Settings) -> dict[str, Any]:
+    tuning = settings.tuning
+    return {
+        "broker": [f"kafka://{host}" for host in settings.kafka.bootstrap_list],
+        "web_enabled": False,
+        "autodiscover": False,
+        "topic_partitions": settings.topics.images_partitions,
+        "topic_replication_factor": settings.topics.replication_factor,
+        "topic_disable_leader": True,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": tuning.session_timeout_s,
+        "broker_heartbeat_interval": tuning.heartbeat_interval_s,
+        "producer_max_batch_size": tuning.producer_max_batch_size,
+        "producer_max_request_size": settings.kafka.max_message_bytes,
+        "consumer_max_fetch_size": settings.kafka.max_message_bytes,
+        "producer_acks": -1,
+        "broker_commit_interval": 1.0,
+    }
+
+
+def create_app(settings: Settings, actors: Actors) -> faust.App:
+    app = faust.App(settings.kafka.app_id, **faust_config(settings))
+    t = settings.topics
+
+    def raw_topic(name: str, partitions: int | None = None) -> faust.TopicT:
+        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw", partitions=partitions)
+
+    images = raw_topic(t.images, t.images_partitions)
+    matches, dlq = raw_topic(t.matches), raw_topic(t.dlq)
+    enrollments, acks = raw_topic(t.enrollments, 1), raw_topic(t.enrollment_acks, 1)
+
+    calls = ActorCalls(settings, actors)
+    image_processor = ImageProcessor(settings, calls)
+    enrollment_processor = EnrollmentProcessor(settings, calls)
+    wait_s = settings.batch.wait_ms / 1000
+
+    async def deliver(sends: list[tuple[faust.TopicT, str, bytes]]) -> None:
+        """Send and wait until the broker has every record (before the inputs are acked)."""
+        futures = [await topic.send(key=key.encode(), value=value) for topic, key, value in sends]
+        await asyncio.gather(*futures)
+
+    @app.agent(images, concurrency=settings.batch.in_flight_batches)
+    async def identify(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch.size, within=wait_s):
+            messages = [
+                image_message(e.message.topic, e.message.partition, e.message.offset,
+                              e.message.key, e.message.value, e.message.headers)
+                for e in events
+            ]
+            outcomes = await image_processor.process(messages)
+            await deliver([
+                (matches if o.kind == "match" else dlq, o.key, encode(o.event)) for o in outcomes
+            ])
+
+    @app.agent(enrollments)
+    async def enroll(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            reply = await enrollment_processor.process(event.message.value)
+            if reply is not None:
+                log.info("enrolment %s %s: ok=%s", reply["op"], reply["identity"], reply["ok"])
+                await deliver([(acks, reply["request_id"], json.dumps(reply).encode())])
+
+    return app
+
+
+def run_worker(settings: Settings) -> None:
+    """Connect to Ray (before Faust replaces stdio), make sure the actors exist, run Faust."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    connect_ray(settings)
+    actors = ensure_actors(settings)
+    app = create_app(settings, actors)
+    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+    worker.execute_from_commandline()

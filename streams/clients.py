@@ -1,0 +1,140 @@
+"""What users do from outside the workers: produce images, enrol, read outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from facestream.settings import Settings
+from streams.enrollment import EnrollmentRequest
+from streams.records import image_headers
+
+
+@asynccontextmanager
+async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_list,
+        acks="all",
+        max_request_size=settings.kafka.max_message_bytes,
+        max_batch_size=settings.tuning.producer_max_batch_size,
+        linger_ms=5,
+    )
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+@asynccontextmanager
+async def tail(
+    settings: Settings, topics: list[str], from_beginning: bool = False
+) -> AsyncIterator[AIOKafkaConsumer]:
+    """A group-less consumer over every partition of ``topics``, at the end (or the start)."""
+    c = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_list,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=settings.kafka.max_message_bytes,
+        fetch_max_bytes=settings.kafka.max_message_bytes,
+    )
+    await c.start()
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in await _partitions(c, t)]
+        c.assign(parts)
+        if from_beginning:
+            await c.seek_to_beginning(*parts)
+        else:
+            await c.seek_to_end(*parts)
+            for tp in parts:  # resolve the lazy seek now, so later records are not skipped
+                await c.position(tp)
+        yield c
+    finally:
+        await c.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return parts
+        await consumer.force_metadata_update()
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"topic {topic!r} not found on {consumer._client.hosts}")
+
+
+@dataclass(frozen=True)
+class ImageToSend:
+    image_id: str
+    data: bytes
+    source: str | None = None
+    captured_at: str | None = None
+    content_type: str | None = None
+
+
+async def produce_images(
+    settings: Settings, images: Iterable[ImageToSend],
+    on_sent: Callable[[ImageToSend], None] | None = None,
+) -> int:
+    sent = 0
+    async with producer(settings) as p:
+        pending = []
+        for img in images:
+            headers = image_headers(img.image_id, img.source, img.captured_at, img.content_type)
+            key = img.source.encode() if img.source else None
+            pending.append(await p.send(settings.topics.images, img.data, key=key, headers=headers))
+            sent += 1
+            if on_sent:
+                on_sent(img)
+        await asyncio.gather(*pending)
+    return sent
+
+
+async def request_enrollment(
+    settings: Settings, request: EnrollmentRequest, timeout_s: float = 120.0
+) -> dict[str, Any]:
+    """Send a change to the enrolment log and wait for the worker's acknowledgement."""
+    async with tail(settings, [settings.topics.enrollment_acks]) as acks:
+        async with producer(settings) as p:
+            await p.send_and_wait(
+                settings.topics.enrollments, request.encode(), key=request.identity.encode()
+            )
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            batch = await acks.getmany(timeout_ms=int(min(left, 1.0) * 1000))
+            for records in batch.values():
+                for rec in records:
+                    reply = json.loads(rec.value)
+                    if reply.get("request_id") == request.request_id:
+                        return reply
+    raise TimeoutError(
+        f"no acknowledgement for enrolment {request.request_id} within {timeout_s:.0f}s "
+        "(is a worker running?)"
+    )
+
+
+async def read_outcomes(
+    settings: Settings, consumer: AIOKafkaConsumer, idle_timeout_s: float | None = None
+) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """("match" | "dlq", event) from a ``tail`` of matches and the DLQ.
+
+    Stops after ``idle_timeout_s`` without a record (None: never).
+    """
+    last = time.monotonic()
+    while idle_timeout_s is None or time.monotonic() - last < idle_timeout_s:
+        batch = await consumer.getmany(timeout_ms=500)
+        for tp, records in batch.items():
+            for rec in records:
+                last = time.monotonic()
+                kind = "match" if tp.topic == settings.topics.matches else "dlq"
+                yield kind, json.loads(rec.value)
+
+
+def outcome_topics(settings: Settings) -> list[str]:
+    return [settings.topics.matches, settings.topics.dlq]

@@ -1,0 +1,87 @@
+"""Enrolment requests and acknowledgements: the messages of the ``enrollments`` log.
+
+Enrolments are rare, atomic requests (all photos of a request are accepted or none), so one
+JSON record carries the photos, base64-encoded. The high-volume ``images`` topic carries raw
+bytes only. Records are keyed by identity so one person's changes stay in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+REQUEST_SCHEMA = "facestream.enrollment/v1"
+ACK_SCHEMA = "facestream.enrollment-ack/v1"
+
+
+class EnrollmentReason:
+    NO_FACE = "no_face"
+    MULTIPLE_FACES = "multiple_faces"
+    BAD_REQUEST = "bad_request"
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True)
+class EnrollmentRequest:
+    op: Literal["enroll", "delete"]
+    identity: str
+    name: str | None = None
+    photos: tuple[Photo, ...] = ()
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def encode(self) -> bytes:
+        return json.dumps({
+            "schema": REQUEST_SCHEMA,
+            "op": self.op,
+            "request_id": self.request_id,
+            "identity": self.identity,
+            "name": self.name,
+            "photos": [
+                {"name": p.name, "data": base64.b64encode(p.data).decode()} for p in self.photos
+            ],
+        }).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> EnrollmentRequest:
+        """Raises ValueError on anything malformed."""
+        try:
+            doc = json.loads(raw)
+            op = doc["op"]
+            if op not in ("enroll", "delete") or not doc["identity"]:
+                raise ValueError(f"bad op or identity: {op!r}")
+            photos = tuple(
+                Photo(str(p["name"]), base64.b64decode(p["data"], validate=True))
+                for p in doc.get("photos") or []
+            )
+            return cls(op, str(doc["identity"]), doc.get("name"), photos, str(doc["request_id"]))
+        except (KeyError, TypeError, json.JSONDecodeError, base64.binascii.Error) as exc:
+            raise ValueError(f"malformed enrolment request: {exc}") from exc
+
+
+def ack(
+    request_id: str, identity: str | None, op: str, *, model_id: str,
+    error: dict[str, str] | None = None, **fields: Any,
+) -> dict[str, Any]:
+    return {
+        "schema": ACK_SCHEMA,
+        "request_id": request_id,
+        "identity": identity,
+        "op": op,
+        "ok": error is None,
+        "error": error,
+        "model": model_id,
+        **fields,
+    }

@@ -1,0 +1,154 @@
+"""Small processors with one job each: turn a batch of Kafka records into outcome events.
+
+They hold no Kafka state; the Faust agents (``streams.app``) feed them and publish what they
+return. All compute goes to the Ray actors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from actors.models.base import ImageFaces
+from actors.remote import Actors
+from facestream.events import Decision, dlq_event, match_event
+from facestream.imaging import ImageRejected, Reason, check_size
+from facestream.settings import Settings
+from streams.enrollment import EnrollmentReason, EnrollmentRequest, ack
+from streams.records import ImageMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # "match" or "dlq"
+    key: str
+    event: dict[str, Any]
+
+
+class ActorCalls:
+    """Calls into the actors with retry and backoff; round-robin over model replicas."""
+
+    def __init__(self, settings: Settings, actors: Actors) -> None:
+        self.settings = settings
+        self.actors = actors
+        self._models = itertools.cycle(actors.models)
+
+    async def _retry(self, call: Any) -> Any:
+        attempts = self.settings.retry.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await call()
+            except Exception as exc:  # Ray surfaces actor deaths and task errors as many types
+                if attempt == attempts:
+                    raise
+                delay = self.settings.retry.backoff_s * 2 ** (attempt - 1)
+                log.warning("actor call failed (%s), retry %d in %.1fs", exc, attempt, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
+        return await self._retry(lambda: next(self._models).analyze.remote(blobs))
+
+    async def gallery(self, method: str, *args: Any) -> Any:
+        return await self._retry(lambda: getattr(self.actors.gallery, method).remote(*args))
+
+
+class ImageProcessor:
+    def __init__(self, settings: Settings, calls: ActorCalls) -> None:
+        self.settings = settings
+        self.calls = calls
+        self.decision = Decision(calls.actors.model_id, settings.matching.threshold)
+
+    async def process(self, messages: list[ImageMessage]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        todo: list[int] = []
+        for i, msg in enumerate(messages):
+            try:
+                check_size(msg.data, self.settings.limits)  # no need to ship these to Ray
+                todo.append(i)
+            except ImageRejected as rejected:
+                outcomes[i] = self._dlq(msg, rejected.reason, rejected.message)
+        if todo:
+            try:
+                outcomes.update(await self._analyze([messages[i] for i in todo], todo))
+            except Exception as exc:
+                log.exception("batch failed after retries")
+                for i in todo:
+                    outcomes[i] = self._dlq(messages[i], Reason.PROCESSING_FAILED, str(exc))
+        return [outcomes[i] for i in range(len(messages))]
+
+    async def _analyze(self, messages: list[ImageMessage], index: list[int]) -> dict[int, Outcome]:
+        results = await self.calls.analyze([m.data for m in messages])
+        analysed = [r for r in results if isinstance(r, ImageFaces)]
+        embeddings = (
+            np.concatenate([r.embeddings for r in analysed])
+            if analysed else np.zeros((0, self.calls.actors.embedding_dim), np.float32)
+        )
+        candidates = iter(
+            await self.calls.gallery("search", embeddings, self.settings.matching.top_k)
+            if len(embeddings) else []
+        )
+        out: dict[int, Outcome] = {}
+        for i, msg, result in zip(index, messages, results, strict=True):
+            if isinstance(result, ImageRejected):
+                out[i] = self._dlq(msg, result.reason, result.message)
+                continue
+            cands = [next(candidates) for _ in result.faces]
+            event = match_event(msg.meta, result, cands, self.decision)
+            out[i] = Outcome("match", msg.meta.image_id, event)
+        return out
+
+    def _dlq(self, msg: ImageMessage, reason: str, message: str) -> Outcome:
+        return Outcome("dlq", msg.meta.image_id, dlq_event(msg.meta, reason, message))
+
+
+class EnrollmentProcessor:
+    def __init__(self, settings: Settings, calls: ActorCalls) -> None:
+        self.calls = calls
+        self.model_id = calls.actors.model_id
+
+    async def process(self, raw: bytes | None) -> dict[str, Any] | None:
+        """Apply one enrolment record to the gallery; returns the acknowledgement."""
+        if raw is None:
+            return None  # a tombstone: nothing to apply
+        try:
+            req = EnrollmentRequest.decode(raw)
+        except ValueError as exc:
+            return ack("", None, "unknown", model_id=self.model_id,
+                       error={"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc)})
+        if req.op == "delete":
+            removed = await self.calls.gallery("delete", req.identity)
+            return ack(req.request_id, req.identity, req.op, model_id=self.model_id,
+                       removed=removed)
+        return await self._enroll(req)
+
+    async def _enroll(self, req: EnrollmentRequest) -> dict[str, Any]:
+        def refuse(reason: str, message: str, photo: str | None = None) -> dict[str, Any]:
+            error = {"reason": reason, "message": message, "photo": photo}
+            return ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
+
+        if not req.photos:
+            return refuse(EnrollmentReason.BAD_REQUEST, "an enrolment needs at least one photo")
+        results = await self.calls.analyze([p.data for p in req.photos])
+        for photo, result in zip(req.photos, results, strict=True):
+            if isinstance(result, ImageRejected):
+                return refuse(result.reason, result.message, photo.name)
+            if len(result.faces) != 1:
+                reason = (EnrollmentReason.NO_FACE if not result.faces
+                          else EnrollmentReason.MULTIPLE_FACES)
+                return refuse(
+                    reason, f"{photo.name}: found {len(result.faces)} faces, need exactly one",
+                    photo.name,
+                )
+        embeddings = np.concatenate([r.embeddings for r in results])
+        photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
+        await self.calls.gallery("add", req.identity, req.name, embeddings, photos)
+        return ack(req.request_id, req.identity, req.op, model_id=self.model_id,
+                   photos=len(photos))
