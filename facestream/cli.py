@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -91,13 +92,12 @@ def produce(paths: tuple[str, ...], source: str) -> None:
     from streams.clients import ImageToSend, produce_images
 
     files = _image_files(paths)
-    items = (
-        ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", f.read_bytes(), source) for f in files
-    )
+    items = (ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", f.read_bytes(), source) for f in files)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=len(files))
-        sent = asyncio.run(produce_images(
-            _settings(), items, on_sent=lambda _: progress.advance(task)))
+        sent = asyncio.run(
+            produce_images(_settings(), items, on_sent=lambda _: progress.advance(task))
+        )
     console.print(f"sent {sent} image(s)")
 
 
@@ -124,7 +124,9 @@ def _print_ack(reply: dict) -> None:
         return
     error = reply["error"]
     photo = f" ({error['photo']})" if error.get("photo") else ""
-    raise click.ClickException(f"{reply['op']} refused{photo}: {error['reason']}: {error['message']}")
+    raise click.ClickException(
+        f"{reply['op']} refused{photo}: {error['reason']}: {error['message']}"
+    )
 
 
 @main.group()
@@ -143,8 +145,11 @@ def identities_list(as_json: bool) -> None:
         for row in rows:
             click.echo(json.dumps(row))
     else:
-        console.print(rows_table(f"{len(rows)} identities", rows,
-                                 ["identity", "name", "photos", "enrolled_at"]))
+        console.print(
+            rows_table(
+                f"{len(rows)} identities", rows, ["identity", "name", "photos", "enrolled_at"]
+            )
+        )
 
 
 @identities.command("delete")
@@ -155,8 +160,9 @@ def identities_delete(identity: str, timeout: float) -> None:
     from streams.clients import request_enrollment
     from streams.enrollment import EnrollmentRequest
 
-    reply = asyncio.run(request_enrollment(
-        _settings(), EnrollmentRequest("delete", identity), timeout))
+    reply = asyncio.run(
+        request_enrollment(_settings(), EnrollmentRequest("delete", identity), timeout)
+    )
     _print_ack(reply)
 
 
@@ -166,8 +172,9 @@ def identities_delete(identity: str, timeout: float) -> None:
 @click.option("--dedupe", is_flag=True, help="drop repeated image ids (at-least-once replays)")
 @click.option("--limit", type=int, default=None, help="stop after this many events")
 @click.option("--idle-exit", type=float, default=None, help="stop after this many idle seconds")
-def watch(from_beginning: bool, as_json: bool, dedupe: bool, limit: int | None,
-          idle_exit: float | None) -> None:
+def watch(
+    from_beginning: bool, as_json: bool, dedupe: bool, limit: int | None, idle_exit: float | None
+) -> None:
     """Tail match events and DLQ events."""
     from streams.clients import outcome_topics, read_outcomes, tail
 
@@ -188,16 +195,19 @@ def watch(from_beginning: bool, as_json: bool, dedupe: bool, limit: int | None,
                 if limit is not None and shown >= limit:
                     return
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 @main.command()
 @click.argument("images", nargs=-1, required=True)
-@click.option("--gallery", "gallery_path", type=click.Path(path_type=Path), default=None,
-              help="embedded gallery folder (default: the configured one)")
+@click.option(
+    "--gallery",
+    "gallery_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="embedded gallery folder (default: the configured one)",
+)
 def identify(images: tuple[str, ...], gallery_path: Path | None) -> None:
     """Detect, embed and search without Kafka: one JSON line per image."""
     from facestream.offline import OfflineIdentifier

@@ -47,8 +47,10 @@ def no_face_png() -> bytes:
 
 
 def demo_images(samples: Path) -> list[ImageToSend]:
-    images = [ImageToSend(name.rsplit(".", 1)[0], (samples / name).read_bytes(), "demo")
-              for name in STREAM]
+    images = [
+        ImageToSend(name.rsplit(".", 1)[0], (samples / name).read_bytes(), "demo")
+        for name in STREAM
+    ]
     images.append(ImageToSend("landscape", no_face_png(), "demo"))
     images.append(ImageToSend("not-an-image", b"this is a text file, not a photo", "demo"))
     return images
@@ -69,8 +71,9 @@ def run_demo(base: Settings, timeout_s: float = 300.0) -> int:
         try:
             tally = asyncio.run(_enrol_and_stream(settings, samples, timeout_s))
         except (TimeoutError, RuntimeError) as exc:
-            console.print(f"[red]demo failed: {exc}[/]\n--- worker log ---\n"
-                          + stack.workers[0].log_tail())
+            console.print(
+                f"[red]demo failed: {exc}[/]\n--- worker log ---\n" + stack.workers[0].log_tail()
+            )
             return 1
     summary = {**tally.summary(), "wall time (s)": f"{time.monotonic() - started:.1f}"}
     console.print(kv_table("summary", summary))

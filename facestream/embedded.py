@@ -55,7 +55,10 @@ class ChildProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
             start_new_session=True,  # our Ctrl-C is not theirs: we stop them in order
         )
 
@@ -92,8 +95,16 @@ class TansuBroker(ChildProcess):
     def __init__(self, port: int, log_path: Path, storage: str = "memory://tansu/") -> None:
         url = f"tcp://127.0.0.1:{port}"
         super().__init__(
-            [str(tansu_binary()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", storage],
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                storage,
+            ],
             log_path,
         )
         self.port = port
@@ -114,8 +125,13 @@ class Worker(ChildProcess):
 class EmbeddedStack:
     """Broker + topics + ``workers`` workers, all local. Settings must name the broker port."""
 
-    def __init__(self, settings: Settings, run_dir: Path, workers: int = 1,
-                 worker_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: Path,
+        workers: int = 1,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
         self.settings, self.run_dir, self.n_workers = settings, run_dir, workers
         self.worker_env = worker_env
         self.broker: TansuBroker | None = None

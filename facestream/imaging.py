@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 

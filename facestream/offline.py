@@ -73,8 +73,12 @@ def _rows_from_ray(settings: Settings) -> list[dict[str, Any]] | None:
     from actors.remote import find_gallery
 
     try:
-        ray.init(address=settings.ray.address or "auto", namespace=settings.ray.namespace,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            address=settings.ray.address or "auto",
+            namespace=settings.ray.namespace,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     except ConnectionError:
         return None
     try:

@@ -17,11 +17,31 @@ from pathlib import Path
 
 # target name -> (package spec, kind, member path inside the distribution)
 _DOWNLOADED = {
-    "obama.jpg": ("face_recognition==1.3.0", "sdist", "face_recognition-1.3.0/tests/test_images/obama.jpg"),
-    "obama2.jpg": ("face_recognition==1.3.0", "sdist", "face_recognition-1.3.0/tests/test_images/obama2.jpg"),
-    "obama3.jpg": ("face_recognition==1.3.0", "sdist", "face_recognition-1.3.0/tests/test_images/obama3.jpg"),
-    "biden.jpg": ("face_recognition==1.3.0", "sdist", "face_recognition-1.3.0/tests/test_images/biden.jpg"),
-    "obama_partial_face.jpg": ("face_recognition==1.3.0", "sdist", "face_recognition-1.3.0/tests/test_images/obama_partial_face.jpg"),
+    "obama.jpg": (
+        "face_recognition==1.3.0",
+        "sdist",
+        "face_recognition-1.3.0/tests/test_images/obama.jpg",
+    ),
+    "obama2.jpg": (
+        "face_recognition==1.3.0",
+        "sdist",
+        "face_recognition-1.3.0/tests/test_images/obama2.jpg",
+    ),
+    "obama3.jpg": (
+        "face_recognition==1.3.0",
+        "sdist",
+        "face_recognition-1.3.0/tests/test_images/obama3.jpg",
+    ),
+    "biden.jpg": (
+        "face_recognition==1.3.0",
+        "sdist",
+        "face_recognition-1.3.0/tests/test_images/biden.jpg",
+    ),
+    "obama_partial_face.jpg": (
+        "face_recognition==1.3.0",
+        "sdist",
+        "face_recognition-1.3.0/tests/test_images/obama_partial_face.jpg",
+    ),
     "biden2.jpg": ("face-recognition-service==0.1.4", "wheel", "tests/test_files/biden2.jpg"),
 }
 # target name -> (installed module, path relative to the module folder)

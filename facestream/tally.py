@@ -35,5 +35,7 @@ class Tally:
         return True
 
     def summary(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in
-                ("images", "faces", "matches", "unknowns", "errors", "duplicates")}
+        return {
+            k: getattr(self, k)
+            for k in ("images", "faces", "matches", "unknowns", "errors", "duplicates")
+        }

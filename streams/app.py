@@ -48,8 +48,14 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
     t = settings.topics
 
     def raw_topic(name: str, partitions: int | None = None) -> faust.TopicT:
-        return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                         value_serializer="raw", partitions=partitions)
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=partitions,
+        )
 
     images = raw_topic(t.images, t.images_partitions)
     matches, dlq = raw_topic(t.matches), raw_topic(t.dlq)
@@ -69,14 +75,20 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
     async def identify(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch.size, within=wait_s):
             messages = [
-                image_message(e.message.topic, e.message.partition, e.message.offset,
-                              e.message.key, e.message.value, e.message.headers)
+                image_message(
+                    e.message.topic,
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e.message.headers,
+                )
                 for e in events
             ]
             outcomes = await image_processor.process(messages)
-            await deliver([
-                (matches if o.kind == "match" else dlq, o.key, encode(o.event)) for o in outcomes
-            ])
+            await deliver(
+                [(matches if o.kind == "match" else dlq, o.key, encode(o.event)) for o in outcomes]
+            )
 
     @app.agent(enrollments)
     async def enroll(stream: faust.StreamT) -> None:
@@ -91,8 +103,9 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
 
 def run_worker(settings: Settings) -> None:
     """Connect to Ray (before Faust replaces stdio), make sure the actors exist, run Faust."""
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     connect_ray(settings)
     actors = ensure_actors(settings)
     app = create_app(settings, actors)

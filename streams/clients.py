@@ -79,7 +79,8 @@ class ImageToSend:
 
 
 async def produce_images(
-    settings: Settings, images: Iterable[ImageToSend],
+    settings: Settings,
+    images: Iterable[ImageToSend],
     on_sent: Callable[[ImageToSend], None] | None = None,
 ) -> int:
     sent = 0

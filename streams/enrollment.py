@@ -43,16 +43,18 @@ class EnrollmentRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def encode(self) -> bytes:
-        return json.dumps({
-            "schema": REQUEST_SCHEMA,
-            "op": self.op,
-            "request_id": self.request_id,
-            "identity": self.identity,
-            "name": self.name,
-            "photos": [
-                {"name": p.name, "data": base64.b64encode(p.data).decode()} for p in self.photos
-            ],
-        }).encode()
+        return json.dumps(
+            {
+                "schema": REQUEST_SCHEMA,
+                "op": self.op,
+                "request_id": self.request_id,
+                "identity": self.identity,
+                "name": self.name,
+                "photos": [
+                    {"name": p.name, "data": base64.b64encode(p.data).decode()} for p in self.photos
+                ],
+            }
+        ).encode()
 
     @classmethod
     def decode(cls, raw: bytes) -> EnrollmentRequest:
@@ -72,8 +74,13 @@ class EnrollmentRequest:
 
 
 def ack(
-    request_id: str, identity: str | None, op: str, *, model_id: str,
-    error: dict[str, str] | None = None, **fields: Any,
+    request_id: str,
+    identity: str | None,
+    op: str,
+    *,
+    model_id: str,
+    error: dict[str, str] | None = None,
+    **fields: Any,
 ) -> dict[str, Any]:
     return {
         "schema": ACK_SCHEMA,

@@ -89,11 +89,13 @@ class ImageProcessor:
         analysed = [r for r in results if isinstance(r, ImageFaces)]
         embeddings = (
             np.concatenate([r.embeddings for r in analysed])
-            if analysed else np.zeros((0, self.calls.actors.embedding_dim), np.float32)
+            if analysed
+            else np.zeros((0, self.calls.actors.embedding_dim), np.float32)
         )
         candidates = iter(
             await self.calls.gallery("search", embeddings, self.settings.matching.top_k)
-            if len(embeddings) else []
+            if len(embeddings)
+            else []
         )
         out: dict[int, Outcome] = {}
         for i, msg, result in zip(index, messages, results, strict=True):
@@ -121,12 +123,18 @@ class EnrollmentProcessor:
         try:
             req = EnrollmentRequest.decode(raw)
         except ValueError as exc:
-            return ack("", None, "unknown", model_id=self.model_id,
-                       error={"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc)})
+            return ack(
+                "",
+                None,
+                "unknown",
+                model_id=self.model_id,
+                error={"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc)},
+            )
         if req.op == "delete":
             removed = await self.calls.gallery("delete", req.identity)
-            return ack(req.request_id, req.identity, req.op, model_id=self.model_id,
-                       removed=removed)
+            return ack(
+                req.request_id, req.identity, req.op, model_id=self.model_id, removed=removed
+            )
         return await self._enroll(req)
 
     async def _enroll(self, req: EnrollmentRequest) -> dict[str, Any]:
@@ -141,14 +149,17 @@ class EnrollmentProcessor:
             if isinstance(result, ImageRejected):
                 return refuse(result.reason, result.message, photo.name)
             if len(result.faces) != 1:
-                reason = (EnrollmentReason.NO_FACE if not result.faces
-                          else EnrollmentReason.MULTIPLE_FACES)
+                reason = (
+                    EnrollmentReason.NO_FACE
+                    if not result.faces
+                    else EnrollmentReason.MULTIPLE_FACES
+                )
                 return refuse(
-                    reason, f"{photo.name}: found {len(result.faces)} faces, need exactly one",
+                    reason,
+                    f"{photo.name}: found {len(result.faces)} faces, need exactly one",
                     photo.name,
                 )
         embeddings = np.concatenate([r.embeddings for r in results])
         photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
         await self.calls.gallery("add", req.identity, req.name, embeddings, photos)
-        return ack(req.request_id, req.identity, req.op, model_id=self.model_id,
-                   photos=len(photos))
+        return ack(req.request_id, req.identity, req.op, model_id=self.model_id, photos=len(photos))

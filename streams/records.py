@@ -28,7 +28,9 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode("utf-8", errors="backslashreplace")
 
 
-def parse_headers(headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None) -> dict[str, str]:
+def parse_headers(
+    headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None,
+) -> dict[str, str]:
     items = headers.items() if isinstance(headers, Mapping) else (headers or [])
     out: dict[str, str] = {}
     for key, value in items:
@@ -57,7 +59,9 @@ def image_message(
 
 
 def image_headers(
-    image_id: str, source: str | None = None, captured_at: str | None = None,
+    image_id: str,
+    source: str | None = None,
+    captured_at: str | None = None,
     content_type: str | None = None,
 ) -> list[tuple[str, bytes]]:
     """The producer-side twin of ``image_message``."""

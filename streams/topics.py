@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -35,10 +36,8 @@ async def ensure_topics(settings: Settings) -> None:
             if name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another worker won the race
             log.info("created topics %s", [n.name for n in new])
     finally:
         await admin.close()

@@ -3,7 +3,7 @@
 from actors.gallery.base import Candidate, Gallery, GalleryError, ModelMismatch
 
 
-def open_gallery(settings, model_id: str | None, dim: int | None) -> Gallery:  # noqa: ANN001 - Settings
+def open_gallery(settings, model_id: str | None, dim: int | None) -> Gallery:
     """The configured backend, bound to ``model_id`` (None: adopt the stored model)."""
     g = settings.gallery
     if g.backend == "server":

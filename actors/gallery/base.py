@@ -107,8 +107,12 @@ class Gallery(ABC):
         for payload in self._payloads():
             row = rows.setdefault(
                 payload["identity"],
-                {"identity": payload["identity"], "name": payload.get("name"), "photos": 0,
-                 "enrolled_at": payload.get("enrolled_at")},
+                {
+                    "identity": payload["identity"],
+                    "name": payload.get("name"),
+                    "photos": 0,
+                    "enrolled_at": payload.get("enrolled_at"),
+                },
             )
             row["photos"] += 1
             row["enrolled_at"] = min(row["enrolled_at"] or "", payload.get("enrolled_at") or "")

@@ -29,7 +29,11 @@ class ServerGallery(Gallery):
     backend = "server"
 
     def __init__(
-        self, url: str, collection: str, model_id: str | None, dim: int | None,
+        self,
+        url: str,
+        collection: str,
+        model_id: str | None,
+        dim: int | None,
         api_key: str | None = None,
     ) -> None:
         super().__init__(model_id, dim)
@@ -81,7 +85,9 @@ class ServerGallery(Gallery):
         flt = self._identity_filter(identity)
         removed = self.client.count(self.collection, count_filter=flt, exact=True).count
         if removed:
-            self.client.delete(self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True)
+            self.client.delete(
+                self.collection, points_selector=qm.FilterSelector(filter=flt), wait=True
+            )
         return removed
 
     def size(self) -> int:

@@ -3,10 +3,17 @@
 from actors.models.base import DetectedFace, FaceModel, ImageFaces
 from actors.models.packs import ModelPack, resolve_pack
 
-__all__ = ["DetectedFace", "FaceModel", "ImageFaces", "ModelPack", "load_face_model", "resolve_pack"]
+__all__ = [
+    "DetectedFace",
+    "FaceModel",
+    "ImageFaces",
+    "ModelPack",
+    "load_face_model",
+    "resolve_pack",
+]
 
 
-def load_face_model(settings) -> FaceModel:  # noqa: ANN001 - facestream.settings.Settings
+def load_face_model(settings) -> FaceModel:
     """The configured model pack on the configured runtime (onnxruntime today)."""
     from actors.models.insightface_onnx import InsightFaceOnnx
 

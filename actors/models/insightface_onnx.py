@@ -51,7 +51,9 @@ class InsightFaceOnnx(FaceModel):
         detector.prepare(0, input_size=(size, size), det_thresh=settings.det_threshold)
         self.detector, self.recognizer = detector, recognizer
         self.embedding_dim = int(recognizer.output_shape[-1])
-        self.model_id = f"{pack.name}/{rec_file.removesuffix('.onnx')}@{pack.checksums[rec_file][:12]}"
+        self.model_id = (
+            f"{pack.name}/{rec_file.removesuffix('.onnx')}@{pack.checksums[rec_file][:12]}"
+        )
         self.providers = list(recognizer.session.get_providers())
         if requested[0] != self.providers[0]:
             log.warning("asked for %s, running on %s", requested[0], self.providers[0])
