@@ -25,7 +25,7 @@ def samples() -> Path:
 
 
 @pytest.fixture(scope="session")
-def face_model():  # noqa: ANN201
+def face_model():
     from actors.models import load_face_model
 
     return load_face_model(Settings())
@@ -53,7 +53,9 @@ class Pipeline:
                     if wanted <= got.keys():
                         return got
             missing = wanted - got.keys()
-            raise AssertionError(f"no outcome for {sorted(missing)}\n{self.stack.workers[0].log_tail()}")
+            raise AssertionError(
+                f"no outcome for {sorted(missing)}\n{self.stack.workers[0].log_tail()}"
+            )
 
         return asyncio.run(go())
 
@@ -88,7 +90,10 @@ def pipeline(samples: Path) -> Iterator[Pipeline]:
     with EmbeddedStack(settings, run_dir, worker_env={"RAY_TMPDIR": str(run_dir)}) as stack:
         p = Pipeline(settings, stack)
         for identity, photo in (("obama", "obama.jpg"), ("yao-ming", "yaoming.jpg")):
-            reply = p.enroll(EnrollmentRequest(
-                "enroll", identity, None, (Photo(photo, (samples / photo).read_bytes()),)))
+            reply = p.enroll(
+                EnrollmentRequest(
+                    "enroll", identity, None, (Photo(photo, (samples / photo).read_bytes()),)
+                )
+            )
             assert reply["ok"], reply
         yield p

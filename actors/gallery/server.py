@@ -50,7 +50,10 @@ class ServerGallery(Gallery):
                 vectors_config=qm.VectorParams(size=self.dim, distance=qm.Distance.COSINE),
                 metadata={"model_id": self.model_id},
             )
-            self.client.create_payload_index(collection, "identity", qm.PayloadSchemaType.KEYWORD)
+            if not url.startswith((":memory:", "path:")):  # local mode has no payload indexes
+                self.client.create_payload_index(
+                    collection, "identity", qm.PayloadSchemaType.KEYWORD
+                )
 
     def _upsert(self, points: list[tuple[str, list[float], dict[str, Any]]]) -> None:
         self.client.upsert(

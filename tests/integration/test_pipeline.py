@@ -24,6 +24,10 @@ pytestmark = pytest.mark.integration
 SCHEMAS = Path(__file__).parents[2] / "facestream" / "schemas"
 
 
+def _bytes(samples: Path, name: str) -> bytes:
+    return (samples / name).read_bytes()
+
+
 def image(samples: Path, name: str) -> ImageToSend:
     return ImageToSend(unique(name.split(".")[0]), (samples / name).read_bytes(), "test")
 
@@ -99,18 +103,23 @@ def test_enrolment_is_acknowledged_and_bad_photos_are_refused(
     pipeline: Pipeline, samples: Path
 ) -> None:
     def enroll(*photos: tuple[str, bytes]) -> dict:
-        req = EnrollmentRequest("enroll", unique("person"), "Someone",
-                                tuple(Photo(n, d) for n, d in photos))
+        req = EnrollmentRequest(
+            "enroll", unique("person"), "Someone", tuple(Photo(n, d) for n, d in photos)
+        )
         return pipeline.enroll(req)
 
     good = enroll(("biden.jpg", (samples / "biden.jpg").read_bytes()))
     assert good["ok"] and good["photos"] == 1 and good["model"].startswith("buffalo_s/")
     # Leave the gallery as we found it (the deletion test needs Biden unknown).
     assert pipeline.enroll(EnrollmentRequest("delete", good["identity"]))["removed"] == 1
-    several = enroll(("ok.jpg", (samples / "biden.jpg").read_bytes()),
-                     ("group.jpg", (samples / "t1.jpg").read_bytes()))
+    several = enroll(
+        ("ok.jpg", (samples / "biden.jpg").read_bytes()),
+        ("group.jpg", (samples / "t1.jpg").read_bytes()),
+    )
     assert not several["ok"]
-    assert several["error"]["reason"] == "multiple_faces" and several["error"]["photo"] == "group.jpg"
+    assert (
+        several["error"]["reason"] == "multiple_faces" and several["error"]["photo"] == "group.jpg"
+    )
     none = enroll(("landscape.png", no_face_png()))
     assert none["error"]["reason"] == "no_face" and none["error"]["photo"] == "landscape.png"
     broken = enroll(("notes.txt", b"not a photo"))
@@ -119,8 +128,14 @@ def test_enrolment_is_acknowledged_and_bad_photos_are_refused(
 
 def test_deleted_person_is_no_longer_matched(pipeline: Pipeline, samples: Path) -> None:
     identity = unique("biden")
-    enrolled = pipeline.enroll(EnrollmentRequest(
-        "enroll", identity, "Joe Biden", (Photo("biden.jpg", (samples / "biden.jpg").read_bytes()),)))
+    enrolled = pipeline.enroll(
+        EnrollmentRequest(
+            "enroll",
+            identity,
+            "Joe Biden",
+            (Photo("biden.jpg", (samples / "biden.jpg").read_bytes()),),
+        )
+    )
     assert enrolled["ok"]
     _, before = pipeline.one(image(samples, "biden2.jpg"))
     assert before["faces"][0]["identity"] == identity
@@ -170,7 +185,10 @@ def test_identities_list_reads_the_running_gallery(pipeline: Pipeline) -> None:
     env = {**pipeline.settings.env(), "RAY_TMPDIR": str(pipeline.stack.run_dir)}
     out = subprocess.run(
         [sys.executable, "-m", "facestream.cli", "identities", "list", "--json"],
-        capture_output=True, text=True, env={**__import__("os").environ, **env}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, **env},
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]

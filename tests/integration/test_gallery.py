@@ -1,0 +1,108 @@
+"""Both gallery backends pass the same tests, with real embeddings of real photos: the
+embedded Qdrant engine (qdrant-edge) and the Qdrant server adapter (qdrant-client, here in
+its local mode, which speaks the server's API)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from actors.gallery import Gallery, GalleryError, ModelMismatch
+from actors.gallery.edge import EdgeGallery
+from actors.gallery.server import ServerGallery
+from facestream.settings import Settings
+
+pytestmark = pytest.mark.integration
+MODEL = "buffalo_s/w600k_mbf@test"
+
+Opener = Callable[[str | None], Gallery]
+
+
+@pytest.fixture(params=["edge", "server"])
+def open_at(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    if request.param == "edge":
+        return lambda model_id, dim=512: EdgeGallery(tmp_path / "g", model_id, dim)
+    return lambda model_id, dim=512: ServerGallery(f"path:{tmp_path}/q", "faces", model_id, dim)
+
+
+@pytest.fixture(scope="module")
+def embeddings(face_model, samples: Path) -> dict[str, np.ndarray]:
+    out = {}
+    for name in ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "biden2.jpg", "yaoming.jpg"]:
+        (faces,) = face_model.analyze_bytes([(samples / name).read_bytes()], Settings().limits)
+        out[name] = faces.embeddings
+    return out
+
+
+def photo(name: str) -> dict[str, str]:
+    return {"name": name, "sha256": name}
+
+
+def test_enrolled_people_are_found_and_ranked(open_at: Opener, embeddings) -> None:
+    g = open_at(MODEL)
+    g.add("obama", "Barack Obama", embeddings["obama.jpg"], [photo("obama.jpg")])
+    g.add("biden", "Joe Biden", embeddings["biden.jpg"], [photo("biden.jpg")])
+    (obama,), (biden,) = (g.search(embeddings[n], 2) for n in ("obama2.jpg", "biden2.jpg"))
+    assert [c.identity for c in obama] == ["obama", "biden"] and obama[0].similarity > 0.6
+    assert biden[0].identity == "biden" and biden[0].similarity > 0.5
+    assert obama[1].similarity < 0.3
+    g.close()
+
+
+def test_several_photos_of_one_person_rank_as_one_identity(open_at: Opener, embeddings) -> None:
+    g = open_at(MODEL)
+    both = np.concatenate([embeddings["obama.jpg"], embeddings["obama3.jpg"]])
+    g.add("obama", None, both, [photo("obama.jpg"), photo("obama3.jpg")])
+    g.add("yao", None, embeddings["yaoming.jpg"], [photo("yaoming.jpg")])
+    (cands,) = g.search(embeddings["obama2.jpg"], 3)
+    assert [c.identity for c in cands] == ["obama", "yao"]
+    best = float(max(both @ embeddings["obama2.jpg"][0]))
+    assert cands[0].similarity == pytest.approx(best, abs=1e-3)
+    assert g.identities()[0] | {"enrolled_at": None} == {
+        "identity": "obama",
+        "name": None,
+        "photos": 2,
+        "enrolled_at": None,
+    }
+    g.close()
+
+
+def test_reenrolling_the_same_photo_does_not_duplicate(open_at: Opener, embeddings) -> None:
+    g = open_at(MODEL)
+    for _ in range(2):
+        g.add("obama", None, embeddings["obama.jpg"], [photo("obama.jpg")])
+    assert g.size() == 1
+    g.close()
+
+
+def test_delete_removes_every_point_and_survives_reopening(open_at: Opener, embeddings) -> None:
+    g = open_at(MODEL)
+    both = np.concatenate([embeddings["obama.jpg"], embeddings["obama3.jpg"]])
+    g.add("obama", None, both, [photo("obama.jpg"), photo("obama3.jpg")])
+    g.add("biden", None, embeddings["biden.jpg"], [photo("biden.jpg")])
+    assert g.delete("obama") == 2 and g.delete("obama") == 0
+    (cands,) = g.search(embeddings["obama2.jpg"], 3)
+    assert [c.identity for c in cands] == ["biden"]
+    g.close()
+    reopened = open_at(None)  # adopts the stored model, as `identities list` does
+    assert reopened.model_id == MODEL and reopened.size() == 1
+    assert [r["identity"] for r in reopened.identities()] == ["biden"]
+    reopened.close()
+
+
+def test_another_models_gallery_is_refused(open_at: Opener, embeddings) -> None:
+    g = open_at(MODEL)
+    g.add("obama", None, embeddings["obama.jpg"], [photo("obama.jpg")])
+    g.close()
+    with pytest.raises(ModelMismatch, match="w600k_mbf@test"):
+        open_at("buffalo_l/w600k_r50@other")
+
+
+def test_wrong_embedding_size_is_refused(open_at: Opener) -> None:
+    g = open_at(MODEL)
+    with pytest.raises(GalleryError, match="expected"):
+        g.search(np.zeros((1, 128), np.float32), 3)
+    g.close()
