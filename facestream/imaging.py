@@ -63,6 +63,8 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageRejected(Reason.NOT_AN_IMAGE, "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # a file cut inside its header
+        raise _undecodable(exc) from exc
     width, height = img.size
     if width * height > limits.max_pixels:
         raise ImageRejected(
@@ -78,10 +80,15 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
         img = ImageOps.exif_transpose(img) or img
         rgb = _to_rgb(img)
     except (OSError, SyntaxError, ValueError) as exc:
-        # Pillow reports a cut-off file as OSError("image file is truncated ...").
-        reason = Reason.TRUNCATED if "truncat" in str(exc).lower() else Reason.NOT_AN_IMAGE
-        raise ImageRejected(reason, f"cannot decode: {exc}") from exc
+        raise _undecodable(exc) from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _undecodable(exc: Exception) -> ImageRejected:
+    # Pillow reports a cut-off file as OSError("image file is truncated ...") or
+    # "Truncated File Read"; anything else it cannot parse is not an image to us.
+    reason = Reason.TRUNCATED if "truncat" in str(exc).lower() else Reason.NOT_AN_IMAGE
+    return ImageRejected(reason, f"cannot decode: {exc}")
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "production"]
@@ -24,7 +24,13 @@ def _cache_home() -> Path:
     return Path.home() / ".cache" / "facestream"
 
 
-class BrokerTuning(BaseModel):
+class Group(BaseModel):
+    """A settings group: a misspelt field is an error, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerTuning(Group):
     """Client tuning that depends on the broker. ``None`` means: the profile's value.
 
     The embedded profile runs on Tansu, whose quirks (see README, "Embedded broker") need a
@@ -55,7 +61,7 @@ PROFILE_TUNING: dict[Profile, BrokerTuning] = {
 }
 
 
-class KafkaSettings(BaseModel):
+class KafkaSettings(Group):
     bootstrap_servers: str = "127.0.0.1:9092"
     app_id: str = "facestream"
     max_message_bytes: int = 8 * 1024 * 1024
@@ -66,7 +72,7 @@ class KafkaSettings(BaseModel):
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 
 
-class TopicSettings(BaseModel):
+class TopicSettings(Group):
     images: str = "images"
     matches: str = "matches"
     dlq: str = "images.dlq"
@@ -76,7 +82,7 @@ class TopicSettings(BaseModel):
     replication_factor: int = 1
 
 
-class ModelSettings(BaseModel):
+class ModelSettings(Group):
     # None: the bundled default pack (SCRFD-500M + w600k_mbf) copied into cache_dir/models.
     # Any insightface-format folder (one detection and one recognition .onnx) replaces it.
     folder: Path | None = None
@@ -89,33 +95,33 @@ class ModelSettings(BaseModel):
     max_faces_per_image: int = 64
 
 
-class ImageLimits(BaseModel):
+class ImageLimits(Group):
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     min_side: int = 16
 
 
-class BatchSettings(BaseModel):
+class BatchSettings(Group):
     size: int = 8
     wait_ms: int = 50
     # Concurrent batches per worker: bounds in-flight images to size * in_flight_batches.
     in_flight_batches: int = 2
 
 
-class MatchingSettings(BaseModel):
+class MatchingSettings(Group):
     # Cosine similarity of L2-normalised embeddings, in [-1, 1]. See README "Thresholds".
     threshold: float = 0.4
     top_k: int = 3
 
 
-class RetrySettings(BaseModel):
+class RetrySettings(Group):
     # Compute-side failures (a dead actor, an unreachable gallery) are retried this many
     # times with exponential backoff before the images go to the DLQ as processing_failed.
-    attempts: int = 3
+    attempts: int = Field(default=3, ge=1)
     backoff_s: float = 0.5
 
 
-class GallerySettings(BaseModel):
+class GallerySettings(Group):
     backend: Literal["edge", "server"] = "edge"
     path: Path = Field(default_factory=lambda: _data_home() / "gallery")
     url: str | None = None  # server backend, e.g. http://qdrant:6333
@@ -124,7 +130,7 @@ class GallerySettings(BaseModel):
     hnsw_ef: int = 128
 
 
-class RaySettings(BaseModel):
+class RaySettings(Group):
     address: str | None = None  # None: start a local Ray inside the worker
     namespace: str = "facestream"
     num_cpus: int | None = None

@@ -24,6 +24,12 @@ class EnrollmentReason:
     BAD_REQUEST = "bad_request"
 
 
+class MalformedRequest(ValueError):
+    def __init__(self, message: str, request_id: str | None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 @dataclass(frozen=True)
 class Photo:
     name: str
@@ -58,9 +64,13 @@ class EnrollmentRequest:
 
     @classmethod
     def decode(cls, raw: bytes) -> EnrollmentRequest:
-        """Raises ValueError on anything malformed."""
+        """Raises MalformedRequest (with the request id when one could be read)."""
         try:
             doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MalformedRequest(f"malformed enrolment request: {exc}", None) from exc
+        request_id = doc.get("request_id") if isinstance(doc, dict) else None
+        try:
             op = doc["op"]
             if op not in ("enroll", "delete") or not doc["identity"]:
                 raise ValueError(f"bad op or identity: {op!r}")
@@ -69,8 +79,8 @@ class EnrollmentRequest:
                 for p in doc.get("photos") or []
             )
             return cls(op, str(doc["identity"]), doc.get("name"), photos, str(doc["request_id"]))
-        except (KeyError, TypeError, json.JSONDecodeError, base64.binascii.Error) as exc:
-            raise ValueError(f"malformed enrolment request: {exc}") from exc
+        except (KeyError, TypeError, ValueError, base64.binascii.Error) as exc:
+            raise MalformedRequest(f"malformed enrolment request: {exc}", request_id) from exc
 
 
 def ack(

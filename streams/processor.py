@@ -19,7 +19,7 @@ from actors.remote import Actors
 from facestream.events import Decision, dlq_event, match_event
 from facestream.imaging import ImageRejected, Reason, check_size
 from facestream.settings import Settings
-from streams.enrollment import EnrollmentReason, EnrollmentRequest, ack
+from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, ack
 from streams.records import ImageMessage
 
 log = logging.getLogger(__name__)
@@ -122,20 +122,21 @@ class EnrollmentProcessor:
             return None  # a tombstone: nothing to apply
         try:
             req = EnrollmentRequest.decode(raw)
-        except ValueError as exc:
-            return ack(
-                "",
-                None,
-                "unknown",
-                model_id=self.model_id,
-                error={"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc)},
-            )
-        if req.op == "delete":
-            removed = await self.calls.gallery("delete", req.identity)
-            return ack(
-                req.request_id, req.identity, req.op, model_id=self.model_id, removed=removed
-            )
-        return await self._enroll(req)
+        except MalformedRequest as exc:
+            # Acked under the sender's request id when it could be read, so it sees the refusal.
+            error = {"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc), "photo": None}
+            return ack(exc.request_id or "", None, "unknown", model_id=self.model_id, error=error)
+        try:
+            if req.op == "delete":
+                removed = await self.calls.gallery("delete", req.identity)
+                return ack(
+                    req.request_id, req.identity, req.op, model_id=self.model_id, removed=removed
+                )
+            return await self._enroll(req)
+        except Exception as exc:  # the compute side still failed after its retries
+            log.exception("enrolment %s failed", req.request_id)
+            error = {"reason": Reason.PROCESSING_FAILED, "message": str(exc), "photo": None}
+            return ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
 
     async def _enroll(self, req: EnrollmentRequest) -> dict[str, Any]:
         def refuse(reason: str, message: str, photo: str | None = None) -> dict[str, Any]:

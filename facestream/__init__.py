@@ -1,0 +1,1 @@
+"""facestream: streaming face identification (core: settings, decoding, events, CLI)."""

@@ -1,0 +1,292 @@
+"""The processors against fake actor handles: ``.remote()`` returns an awaitable, like Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+
+import facestream.events
+from actors.gallery.base import Candidate
+from actors.models.base import DetectedFace, ImageFaces
+from actors.remote import Actors
+from facestream.events import ImageMeta, encode
+from facestream.imaging import ImageRejected
+from facestream.settings import Settings
+from streams.enrollment import EnrollmentRequest, Photo
+from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
+from streams.records import ImageMessage
+
+DIM = 4
+SETTINGS = Settings().override(retry__backoff_s=0.0)
+SCHEMAS = Path(facestream.events.__file__).parent / "schemas"
+MATCH = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "match-event.v1.json").read_text()))
+DLQ = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "dlq-event.v1.json").read_text()))
+
+
+class Method:
+    """One remote method: records each call; the awaitable runs ``fn`` (and raises its errors)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn, self.calls = fn, []
+
+    def remote(self, *args: Any) -> Any:
+        self.calls.append(args)
+
+        async def result() -> Any:
+            return self.fn(*args)
+
+        return result()
+
+
+class FakeModel:
+    def __init__(self, fn: Callable[[list[bytes]], list[Any]]) -> None:
+        self.analyze = Method(fn)
+
+
+class FakeGallery:
+    """Face ``code`` (first embedding value) is person-<code>, similarity 0.<code>."""
+
+    def __init__(self, removed: int = 0) -> None:
+        self.search = Method(
+            lambda emb, k: [[Candidate(f"person-{int(v[0])}", float(v[0]) / 10)] for v in emb]
+        )
+        self.add = Method(lambda *args: ["point-id"])
+        self.delete = Method(lambda identity: removed)
+
+
+def faces(*codes: int) -> ImageFaces:
+    """An analysis whose face k has bbox x1 = codes[k] and embedding[0] = codes[k]."""
+    found = [DetectedFace([float(c), 0.0, 10.0, 10.0], [[1.0, 1.0]] * 5, 0.9) for c in codes]
+    emb = np.zeros((len(codes), DIM), np.float32)
+    emb[:, 0] = codes
+    return ImageFaces(found, emb)
+
+
+def by_blob(table: dict[bytes, ImageFaces | ImageRejected]) -> FakeModel:
+    return FakeModel(lambda blobs: [table[b] for b in blobs])
+
+
+def actors(*models: FakeModel, gallery: FakeGallery | None = None) -> Actors:
+    return Actors(list(models), gallery or FakeGallery(), "fake-model", DIM, ["CPU"])
+
+
+def image_processor(acts: Actors, settings: Settings = SETTINGS) -> ImageProcessor:
+    return ImageProcessor(settings, ActorCalls(settings, acts))
+
+
+def msg(image_id: str, data: bytes) -> ImageMessage:
+    return ImageMessage(ImageMeta(image_id, source="cam"), data)
+
+
+def process(proc: ImageProcessor, *messages: ImageMessage) -> list[Any]:
+    outcomes = asyncio.run(proc.process(list(messages)))
+    for o in outcomes:
+        (MATCH if o.kind == "match" else DLQ).validate(json.loads(encode(o.event)))
+    return outcomes
+
+
+def test_batched_candidates_go_back_to_their_images_and_faces() -> None:
+    gallery = FakeGallery()
+    model = by_blob({b"a": faces(7, 3), b"b": faces(), b"c": faces(5)})
+    outcomes = process(
+        image_processor(actors(model, gallery=gallery)),
+        msg("A", b"a"),
+        msg("B", b"b"),
+        msg("C", b"c"),
+    )
+    assert model.analyze.calls == [([b"a", b"b", b"c"],)]  # one model call for the batch
+    assert len(gallery.search.calls) == 1  # one gallery search for all three faces
+    assert [o.kind for o in outcomes] == ["match", "match", "match"]
+    got = {o.key: [(f["bbox"][0], f["identity"]) for f in o.event["faces"]] for o in outcomes}
+    assert got == {"A": [(7, "person-7"), (3, None)], "B": [], "C": [(5, "person-5")]}
+    assert outcomes[0].event["faces"][1]["similarity"] == 0.3  # below the 0.4 threshold
+
+
+def test_no_faces_anywhere_skips_the_gallery() -> None:
+    gallery = FakeGallery()
+    outcomes = process(
+        image_processor(actors(by_blob({b"a": faces()}), gallery=gallery)), msg("A", b"a")
+    )
+    assert outcomes[0].event["faces"] == []
+    assert gallery.search.calls == []
+
+
+def test_empty_message_goes_to_dlq_without_reaching_the_model() -> None:
+    model = by_blob({})
+    outcomes = process(image_processor(actors(model)), msg("E", b""))
+    assert [(o.kind, o.key, o.event["reason"]) for o in outcomes] == [("dlq", "E", "empty")]
+    assert model.analyze.calls == []
+
+
+def test_oversized_message_goes_to_dlq_without_reaching_the_model() -> None:
+    model = by_blob({b"ok": faces()})
+    settings = SETTINGS.override(limits__max_bytes=5)
+    outcomes = process(
+        image_processor(actors(model), settings), msg("big", b"x" * 6), msg("ok", b"ok")
+    )
+    assert [o.event.get("reason") for o in outcomes] == ["too_many_bytes", None]
+    assert model.analyze.calls == [([b"ok"],)]
+
+
+def test_model_side_rejection_becomes_dlq() -> None:
+    model = by_blob({b"bad": ImageRejected("truncated", "cut off"), b"ok": faces(9)})
+    outcomes = process(image_processor(actors(model)), msg("bad", b"bad"), msg("ok", b"ok"))
+    assert outcomes[0].kind == "dlq"
+    assert (outcomes[0].event["reason"], outcomes[0].event["message"]) == ("truncated", "cut off")
+    assert outcomes[1].event["faces"][0]["identity"] == "person-9"
+
+
+def test_outcomes_come_back_in_input_order() -> None:
+    model = by_blob({b"1": faces(5), b"r": ImageRejected("too_small", "tiny"), b"2": faces()})
+    ids = ["m1", "empty", "rejected", "m2", "empty2"]
+    blobs = [b"1", b"", b"r", b"2", b""]
+    outcomes = process(image_processor(actors(model)), *map(msg, ids, blobs))
+    assert [o.key for o in outcomes] == ids
+    assert [o.event["image_id"] for o in outcomes] == ids
+    assert [o.kind for o in outcomes] == ["match", "dlq", "dlq", "match", "dlq"]
+
+
+def failing(calls: list[int]) -> FakeModel:
+    def fail(blobs: list[bytes]) -> list[Any]:
+        calls.append(len(blobs))
+        raise RuntimeError("actor died")
+
+    return FakeModel(fail)
+
+
+def test_persistent_failure_retries_then_dlqs_the_whole_batch() -> None:
+    calls: list[int] = []
+    outcomes = process(
+        image_processor(actors(failing(calls))), msg("A", b"a"), msg("E", b""), msg("B", b"b")
+    )
+    assert len(calls) == SETTINGS.retry.attempts == 3
+    assert [(o.key, o.event["reason"]) for o in outcomes] == [
+        ("A", "processing_failed"),
+        ("E", "empty"),  # rejected before the model call: keeps its own reason
+        ("B", "processing_failed"),
+    ]
+    assert "actor died" in outcomes[0].event["message"]
+
+
+def test_retry_count_follows_settings() -> None:
+    calls: list[int] = []
+    settings = SETTINGS.override(retry__attempts=5)
+    process(image_processor(actors(failing(calls)), settings), msg("A", b"a"))
+    assert len(calls) == 5
+
+
+def test_retries_rotate_over_model_replicas_and_recover() -> None:
+    calls: list[int] = []
+    healthy = by_blob({b"a": faces(8)})
+    outcomes = process(image_processor(actors(failing(calls), healthy)), msg("A", b"a"))
+    assert len(calls) == 1 and len(healthy.analyze.calls) == 1
+    assert outcomes[0].event["faces"][0]["identity"] == "person-8"
+
+
+def test_gallery_failure_also_ends_in_processing_failed() -> None:
+    gallery = FakeGallery()
+    gallery.search = Method(lambda *a: (_ for _ in ()).throw(ConnectionError("qdrant down")))
+    outcomes = process(
+        image_processor(actors(by_blob({b"a": faces(1)}), gallery=gallery)), msg("A", b"a")
+    )
+    assert outcomes[0].event["reason"] == "processing_failed"
+    assert len(gallery.search.calls) == SETTINGS.retry.attempts
+
+
+# -- enrolment ------------------------------------------------------------------------------
+
+
+def enroll(model: FakeModel, gallery: FakeGallery, raw: bytes | None) -> dict[str, Any] | None:
+    proc = EnrollmentProcessor(SETTINGS, ActorCalls(SETTINGS, actors(model, gallery=gallery)))
+    return asyncio.run(proc.process(raw))
+
+
+def enrol_request(*photos: tuple[str, bytes]) -> EnrollmentRequest:
+    return EnrollmentRequest("enroll", "ana", "Ana", tuple(Photo(n, d) for n, d in photos), "r1")
+
+
+PHOTOS = {b"one": faces(1), b"none": faces(), b"two": faces(1, 2), b"one-b": faces(4)}
+
+
+def test_enrolment_refuses_a_photo_without_a_face() -> None:
+    gallery = FakeGallery()
+    req = enrol_request(("front.jpg", b"one"), ("blank.jpg", b"none"))
+    reply = enroll(by_blob(PHOTOS), gallery, req.encode())
+    assert reply["ok"] is False
+    assert (reply["error"]["reason"], reply["error"]["photo"]) == ("no_face", "blank.jpg")
+    assert "blank.jpg" in reply["error"]["message"]
+    assert gallery.add.calls == []  # all photos or none
+
+
+def test_enrolment_refuses_a_photo_with_several_faces() -> None:
+    gallery = FakeGallery()
+    reply = enroll(by_blob(PHOTOS), gallery, enrol_request(("group.jpg", b"two")).encode())
+    assert (reply["error"]["reason"], reply["error"]["photo"]) == ("multiple_faces", "group.jpg")
+    assert gallery.add.calls == []
+
+
+def test_enrolment_refuses_an_undecodable_photo() -> None:
+    model = by_blob({b"junk": ImageRejected("not_an_image", "nope")})
+    reply = enroll(model, FakeGallery(), enrol_request(("x.bin", b"junk")).encode())
+    assert (reply["error"]["reason"], reply["error"]["photo"]) == ("not_an_image", "x.bin")
+
+
+def test_enrolment_without_photos_is_a_bad_request() -> None:
+    reply = enroll(by_blob({}), FakeGallery(), enrol_request().encode())
+    assert reply["error"]["reason"] == "bad_request"
+
+
+def test_enrolment_with_one_face_per_photo_adds_to_the_gallery() -> None:
+    gallery = FakeGallery()
+    req = enrol_request(("a.jpg", b"one"), ("b.jpg", b"one-b"))
+    reply = enroll(by_blob(PHOTOS), gallery, req.encode())
+    assert reply["ok"] is True and reply["error"] is None
+    assert (reply["request_id"], reply["identity"], reply["photos"]) == ("r1", "ana", 2)
+    assert reply["model"] == "fake-model"
+    [(identity, name, embeddings, photos)] = gallery.add.calls
+    assert (identity, name) == ("ana", "Ana")
+    assert embeddings.shape == (2, DIM) and embeddings[:, 0].tolist() == [1, 4]
+    assert photos == [{"name": p.name, "sha256": p.sha256} for p in req.photos]
+
+
+def test_delete_returns_removed_count() -> None:
+    gallery, model = FakeGallery(removed=3), by_blob({})
+    raw = EnrollmentRequest("delete", "ana", request_id="r2").encode()
+    reply = enroll(model, gallery, raw)
+    assert (reply["ok"], reply["op"], reply["removed"], reply["request_id"]) == (
+        True,
+        "delete",
+        3,
+        "r2",
+    )
+    assert gallery.delete.calls == [("ana",)]
+    assert model.analyze.calls == []
+
+
+def test_malformed_record_is_acknowledged_as_bad_request() -> None:
+    reply = enroll(by_blob({}), FakeGallery(), b"{not json")
+    assert reply["ok"] is False
+    assert (reply["error"]["reason"], reply["op"], reply["identity"]) == (
+        "bad_request",
+        "unknown",
+        None,
+    )
+
+
+def test_refused_request_is_acked_under_its_own_request_id() -> None:
+    raw = EnrollmentRequest("enroll", "", photos=(Photo("a.jpg", b"one"),), request_id="r3")
+    reply = enroll(by_blob(PHOTOS), FakeGallery(), raw.encode())
+    assert reply["error"]["reason"] == "bad_request"
+    assert reply["request_id"] == "r3"
+
+
+def test_tombstone_gives_no_reply() -> None:
+    gallery = FakeGallery()
+    assert enroll(by_blob({}), gallery, None) is None
+    assert gallery.add.calls == gallery.delete.calls == []
