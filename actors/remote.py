@@ -8,6 +8,7 @@ Names are derived from the app id, so every worker of one deployment finds the s
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ class ModelActor:
             "embedding_dim": self.model.embedding_dim,
             "providers": self.model.providers,
             "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
         }
 
     def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
@@ -64,6 +66,15 @@ class GalleryActor:
 
     def size(self) -> int:
         return self.gallery.size()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.gallery.backend,
+            "model_id": self.gallery.model_id,
+            "size": self.gallery.size(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+        }
 
 
 @dataclass

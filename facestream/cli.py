@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -59,7 +60,7 @@ def up() -> None:
     from facestream.embedded import EmbeddedStack
 
     settings = _settings()
-    run_dir = settings.cache_dir / "run"
+    run_dir = Path(tempfile.mkdtemp(prefix="facestream-"))  # short: Ray puts sockets here
     with EmbeddedStack(settings, run_dir) as stack:
         console.print(
             f"facestream up: broker {settings.kafka.bootstrap_servers}, "

@@ -67,7 +67,7 @@ def run_demo(base: Settings, timeout_s: float = 300.0) -> int:
         gallery__path=run_dir / "gallery",
     )
     console.print(f"starting broker and worker (logs in {run_dir})...")
-    with EmbeddedStack(settings, run_dir, worker_env={"RAY_TMPDIR": str(run_dir)}) as stack:
+    with EmbeddedStack(settings, run_dir) as stack:
         try:
             tally = asyncio.run(_enrol_and_stream(settings, samples, timeout_s))
         except (TimeoutError, RuntimeError) as exc:

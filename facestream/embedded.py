@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -91,59 +92,150 @@ class ChildProcess:
             return ""
 
 
+def _venv_binary(name: str) -> str:
+    """A console script installed beside this interpreter (e.g. ``ray``, ``weed``)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+class S3Storage(ChildProcess):
+    """SeaweedFS in one process: an S3 endpoint so that Tansu survives restarts."""
+
+    PORT = 8333
+
+    def __init__(self, data_dir: Path, log_path: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            _venv_binary("weed"),
+            "mini",
+            f"-dir={data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-bucket=tansu",
+            "-admin.ui=false",
+            "-webdav=false",
+        ]
+        super().__init__(cmd, log_path)
+        _wait_for_port("127.0.0.1", self.PORT, 60.0, self.proc)
+
+    @property
+    def tansu_env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "x",
+            "AWS_SECRET_ACCESS_KEY": "x",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ENDPOINT": f"http://127.0.0.1:{self.PORT}",
+        }
+
+
 class TansuBroker(ChildProcess):
-    def __init__(self, port: int, log_path: Path, storage: str = "memory://tansu/") -> None:
+    """Tansu on ``port``: in memory by default, on S3 storage when one is given."""
+
+    def __init__(self, port: int, log_path: Path, s3: S3Storage | None = None) -> None:
         url = f"tcp://127.0.0.1:{port}"
-        super().__init__(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                storage,
-            ],
-            log_path,
-        )
+        storage = "s3://tansu/" if s3 else "memory://tansu/"
+        cmd = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            storage,
+        ]
+        super().__init__(cmd, log_path, s3.tansu_env if s3 else None)
         self.port = port
         _wait_for_port("127.0.0.1", port, 10.0, self.proc)
+
+
+class RayHead(ChildProcess):
+    """A Ray head node that several workers join (token auth, its own temp dir)."""
+
+    def __init__(self, run_dir: Path, num_cpus: int | None = None) -> None:
+        self.port = free_port()
+        token = run_dir / "ray-token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = {
+            "RAY_TMPDIR": str(run_dir),
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token),
+        }
+        cmd = [
+            _venv_binary("ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+        if num_cpus is not None:
+            cmd.append(f"--num-cpus={num_cpus}")
+        super().__init__(cmd, run_dir / "ray-head.log", self.env)
+        _wait_for_port("127.0.0.1", self.port, 60.0, self.proc)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
 
 class Worker(ChildProcess):
     """``facestream worker`` with the given settings (it starts or joins Ray by itself)."""
 
     def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None):
-        super().__init__(
-            [sys.executable, "-m", "facestream.cli", "worker"],
-            log_path,
-            {**settings.env(), **(extra_env or {})},
-        )
+        env = {**settings.env(), **(extra_env or {})}
+        super().__init__([sys.executable, "-m", "facestream.cli", "worker"], log_path, env)
 
 
 class EmbeddedStack:
-    """Broker + topics + ``workers`` workers, all local. Settings must name the broker port."""
+    """Broker + topics + workers, all local. Settings must name the broker port.
+
+    One worker starts its own local Ray; ``shared_ray`` starts a Ray head that every worker
+    joins (several workers must share one gallery actor). ``persistent`` puts the broker on
+    S3 storage (SeaweedFS) so that it survives a restart.
+    """
 
     def __init__(
         self,
         settings: Settings,
         run_dir: Path,
         workers: int = 1,
-        worker_env: dict[str, str] | None = None,
+        shared_ray: bool = False,
+        persistent: bool = False,
     ) -> None:
         self.settings, self.run_dir, self.n_workers = settings, run_dir, workers
-        self.worker_env = worker_env
+        self.shared_ray, self.persistent = shared_ray, persistent
+        self.worker_env = {"RAY_TMPDIR": str(run_dir)}
+        self.s3: S3Storage | None = None
         self.broker: TansuBroker | None = None
+        self.ray_head: RayHead | None = None
         self.workers: list[Worker] = []
 
+    @property
+    def broker_port(self) -> int:
+        return int(self.settings.kafka.bootstrap_list[0].rsplit(":", 1)[1])
+
     def start(self) -> EmbeddedStack:
-        port = int(self.settings.kafka.bootstrap_list[0].rsplit(":", 1)[1])
-        self.broker = TansuBroker(port, self.run_dir / "broker.log")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.persistent:
+            self.s3 = S3Storage(self.run_dir / "s3", self.run_dir / "s3.log")
+        self.start_broker()
         asyncio.run(ensure_topics(self.settings))
+        if self.shared_ray:
+            self.ray_head = RayHead(self.run_dir)
+            self.worker_env = self.ray_head.env
+            self.settings = self.settings.override(ray__address=self.ray_head.address)
         for i in range(self.n_workers):
             self.add_worker(f"worker-{i}")
         return self
+
+    def start_broker(self) -> TansuBroker:
+        self.broker = TansuBroker(self.broker_port, self.run_dir / "broker.log", self.s3)
+        return self.broker
 
     def add_worker(self, name: str) -> Worker:
         worker = Worker(self.settings, self.run_dir / f"{name}.log", self.worker_env)
@@ -151,10 +243,9 @@ class EmbeddedStack:
         return worker
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.stop()
-        if self.broker:
-            self.broker.stop()
+        for child in [*self.workers, self.ray_head, self.broker, self.s3]:
+            if child is not None:
+                child.stop()
 
     def __enter__(self) -> EmbeddedStack:
         try:

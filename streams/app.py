@@ -16,6 +16,7 @@ import faust
 
 from actors.remote import Actors, connect_ray, ensure_actors
 from facestream.events import encode
+from facestream.retry import retry
 from facestream.settings import Settings
 from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
@@ -40,6 +41,9 @@ def faust_config(settings: Settings) -> dict[str, Any]:
         "consumer_max_fetch_size": settings.kafka.max_message_bytes,
         "producer_acks": -1,
         "broker_commit_interval": 1.0,
+        # Backpressure: the consumer pauses when this many records wait unprocessed, so a
+        # burst stays in the broker instead of in worker memory.
+        "stream_buffer_maxsize": settings.batch.size * settings.batch.in_flight_batches,
     }
 
 
@@ -67,9 +71,19 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
     wait_s = settings.batch.wait_ms / 1000
 
     async def deliver(sends: list[tuple[faust.TopicT, str, bytes]]) -> None:
-        """Send and wait until the broker has every record (before the inputs are acked)."""
-        futures = [await topic.send(key=key.encode(), value=value) for topic, key, value in sends]
-        await asyncio.gather(*futures)
+        """Send, and wait until the broker has every record, before the inputs are acked.
+
+        Retried for ever: while the broker is away the agent waits (and acknowledges nothing)
+        rather than crash; a resend after a partial failure only duplicates outcomes.
+        """
+
+        async def send_all() -> None:
+            futures = [await t.send(key=key.encode(), value=value) for t, key, value in sends]
+            await asyncio.gather(*futures)
+
+        await retry(
+            send_all, what="publishing outcomes", attempts=None, backoff_s=settings.retry.backoff_s
+        )
 
     @app.agent(images, concurrency=settings.batch.in_flight_batches)
     async def identify(stream: faust.StreamT) -> None:

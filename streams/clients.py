@@ -60,7 +60,7 @@ async def tail(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
+    for _ in range(300):  # 30 s: a broker on S3 storage can be slow to answer at first
         parts = consumer.partitions_for_topic(topic)
         if parts:
             return parts

@@ -6,18 +6,19 @@ return. All compute goes to the Ray actors.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 
 from actors.models.base import ImageFaces
 from actors.remote import Actors
 from facestream.events import Decision, dlq_event, match_event
 from facestream.imaging import ImageRejected, Reason, check_size
+from facestream.retry import retry
 from facestream.settings import Settings
 from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, ack
 from streams.records import ImageMessage
@@ -33,31 +34,35 @@ class Outcome:
 
 
 class ActorCalls:
-    """Calls into the actors with retry and backoff; round-robin over model replicas."""
+    """Calls into the actors, retried with backoff; round-robin over model replicas.
+
+    Model calls give up after ``retry.attempts`` (an image may be killing the model). Gallery
+    calls never give up: an unreachable gallery makes the worker wait, and nothing is
+    acknowledged meanwhile.
+    """
 
     def __init__(self, settings: Settings, actors: Actors) -> None:
         self.settings = settings
         self.actors = actors
         self._models = itertools.cycle(actors.models)
 
-    async def _retry(self, call: Any) -> Any:
-        attempts = self.settings.retry.attempts
-        for attempt in range(1, attempts + 1):
-            try:
-                return await call()
-            except Exception as exc:  # Ray surfaces actor deaths and task errors as many types
-                if attempt == attempts:
-                    raise
-                delay = self.settings.retry.backoff_s * 2 ** (attempt - 1)
-                log.warning("actor call failed (%s), retry %d in %.1fs", exc, attempt, delay)
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
-
     async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
-        return await self._retry(lambda: next(self._models).analyze.remote(blobs))
+        # Into the object store once, not once per attempt.
+        payload = ray.put(blobs) if ray.is_initialized() else blobs
+        return await retry(
+            lambda: next(self._models).analyze.remote(payload),
+            what="model call",
+            attempts=self.settings.retry.attempts,
+            backoff_s=self.settings.retry.backoff_s,
+        )
 
     async def gallery(self, method: str, *args: Any) -> Any:
-        return await self._retry(lambda: getattr(self.actors.gallery, method).remote(*args))
+        return await retry(
+            lambda: getattr(self.actors.gallery, method).remote(*args),
+            what=f"gallery {method}",
+            attempts=None,
+            backoff_s=self.settings.retry.backoff_s,
+        )
 
 
 class ImageProcessor:
@@ -78,14 +83,31 @@ class ImageProcessor:
         if todo:
             try:
                 outcomes.update(await self._analyze([messages[i] for i in todo], todo))
-            except Exception as exc:
-                log.exception("batch failed after retries")
+            except Exception as exc:  # a bug, not a transient failure: still one outcome each
+                log.exception("unexpected error processing a batch")
                 for i in todo:
                     outcomes[i] = self._dlq(messages[i], Reason.PROCESSING_FAILED, str(exc))
         return [outcomes[i] for i in range(len(messages))]
 
+    async def _analyze_isolating(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
+        """Analyze a batch; if it keeps failing, retry its images one by one so that only an
+        image that kills the model goes to the DLQ, not its batch-mates."""
+        try:
+            return await self.calls.analyze(blobs)
+        except Exception as exc:
+            if len(blobs) == 1:
+                attempts = self.settings.retry.attempts
+                return [
+                    ImageRejected(
+                        Reason.PROCESSING_FAILED,
+                        f"model failed {attempts} times on this image: {exc}",
+                    )
+                ]
+            log.warning("batch of %d failed (%s); isolating its images", len(blobs), exc)
+            return [r for blob in blobs for r in await self._analyze_isolating([blob])]
+
     async def _analyze(self, messages: list[ImageMessage], index: list[int]) -> dict[int, Outcome]:
-        results = await self.calls.analyze([m.data for m in messages])
+        results = await self._analyze_isolating([m.data for m in messages])
         analysed = [r for r in results if isinstance(r, ImageFaces)]
         embeddings = (
             np.concatenate([r.embeddings for r in analysed])

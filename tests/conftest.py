@@ -8,11 +8,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from facestream.embedded import EmbeddedStack, free_port
 from facestream.settings import Settings
+from streams.clients import ImageToSend, request_enrollment
+from streams.enrollment import EnrollmentRequest, Photo
+from tests.flow import run_flow
 
 DEFAULT_CACHE = Settings().cache_dir
 
@@ -31,41 +34,41 @@ def face_model():
     return load_face_model(Settings())
 
 
+def embedded_settings(run_dir: Path, **overrides: object) -> Settings:
+    """Settings for a private embedded stack: free broker port, own app id and gallery."""
+    return Settings().override(
+        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
+        kafka__app_id=unique("facestream-test"),
+        gallery__backend="edge",
+        gallery__path=run_dir / "gallery",
+        **overrides,
+    )
+
+
 class Pipeline:
     """A running embedded stack plus helpers to drive it the way a user does."""
 
-    def __init__(self, settings: Settings, stack: Any) -> None:
+    def __init__(self, settings: Settings, stack: EmbeddedStack) -> None:
         self.settings, self.stack = settings, stack
 
-    def run(self, images: list[Any], timeout_s: float = 120.0) -> dict[str, tuple[str, dict]]:
-        """Produce ``images`` and return image_id -> (kind, event) once every id has one."""
-        from streams.clients import outcome_topics, produce_images, read_outcomes, tail
+    def run(self, images: list[ImageToSend], timeout_s: float = 120.0) -> dict[str, tuple]:
+        """Produce ``images``; image_id -> (kind, event) once every id has an outcome."""
+        report = asyncio.run(run_flow(self.settings, images, timeout_s))
+        missing = report.missing({img.image_id for img in images})
+        assert not missing, f"no outcome for {sorted(missing)}\n{self.stack.workers[0].log_tail()}"
+        return report.outcomes
 
-        wanted = {img.image_id for img in images}
-
-        async def go() -> dict[str, tuple[str, dict]]:
-            got: dict[str, tuple[str, dict]] = {}
-            async with tail(self.settings, outcome_topics(self.settings)) as consumer:
-                await produce_images(self.settings, images)
-                async for kind, event in read_outcomes(self.settings, consumer, timeout_s):
-                    if event["image_id"] in wanted:
-                        got[event["image_id"]] = (kind, event)
-                    if wanted <= got.keys():
-                        return got
-            missing = wanted - got.keys()
-            raise AssertionError(
-                f"no outcome for {sorted(missing)}\n{self.stack.workers[0].log_tail()}"
-            )
-
-        return asyncio.run(go())
-
-    def one(self, image: Any) -> tuple[str, dict]:
+    def one(self, image: ImageToSend) -> tuple[str, dict]:
         return self.run([image])[image.image_id]
 
-    def enroll(self, request: Any) -> dict:
-        from streams.clients import request_enrollment
-
+    def enroll(self, request: EnrollmentRequest) -> dict:
         return asyncio.run(request_enrollment(self.settings, request, 120.0))
+
+    def enroll_photos(self, identity: str, *paths: Path) -> dict:
+        photos = tuple(Photo(p.name, p.read_bytes()) for p in paths)
+        reply = self.enroll(EnrollmentRequest("enroll", identity, None, photos))
+        assert reply["ok"], reply
+        return reply
 
 
 def unique(prefix: str) -> str:
@@ -74,26 +77,13 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="session")
 def pipeline(samples: Path) -> Iterator[Pipeline]:
-    from facestream.embedded import EmbeddedStack, free_port
-    from streams.enrollment import EnrollmentRequest, Photo
-
     run_dir = Path(tempfile.mkdtemp(prefix="fst-"))
-    settings = Settings().override(
-        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
-        kafka__app_id=unique("facestream-test"),
-        gallery__backend="edge",
-        gallery__path=run_dir / "gallery",
-        # Small limits so the byte and pixel checks are cheap to trigger.
-        limits__max_bytes=3_000_000,
-        limits__max_pixels=20_000_000,
+    # Small limits so that the byte and pixel checks are cheap to trigger.
+    settings = embedded_settings(
+        run_dir, limits__max_bytes=3_000_000, limits__max_pixels=20_000_000
     )
-    with EmbeddedStack(settings, run_dir, worker_env={"RAY_TMPDIR": str(run_dir)}) as stack:
+    with EmbeddedStack(settings, run_dir) as stack:
         p = Pipeline(settings, stack)
-        for identity, photo in (("obama", "obama.jpg"), ("yao-ming", "yaoming.jpg")):
-            reply = p.enroll(
-                EnrollmentRequest(
-                    "enroll", identity, None, (Photo(photo, (samples / photo).read_bytes()),)
-                )
-            )
-            assert reply["ok"], reply
+        p.enroll_photos("obama", samples / "obama.jpg")
+        p.enroll_photos("yao-ming", samples / "yaoming.jpg")
         yield p

@@ -182,7 +182,7 @@ def test_bad_input_goes_to_dlq_and_the_stream_goes_on(
 
 
 def test_identities_list_reads_the_running_gallery(pipeline: Pipeline) -> None:
-    env = {**pipeline.settings.env(), "RAY_TMPDIR": str(pipeline.stack.run_dir)}
+    env = {**pipeline.settings.env(), **pipeline.stack.worker_env}
     out = subprocess.run(
         [sys.executable, "-m", "facestream.cli", "identities", "list", "--json"],
         capture_output=True,

@@ -160,18 +160,35 @@ def failing(calls: list[int]) -> FakeModel:
     return FakeModel(fail)
 
 
-def test_persistent_failure_retries_then_dlqs_the_whole_batch() -> None:
+def test_persistent_failure_isolates_images_then_dlqs_each() -> None:
     calls: list[int] = []
     outcomes = process(
         image_processor(actors(failing(calls))), msg("A", b"a"), msg("E", b""), msg("B", b"b")
     )
-    assert len(calls) == SETTINGS.retry.attempts == 3
+    # The batch of two is tried 3 times, then each image on its own 3 times.
+    assert calls == [2, 2, 2, 1, 1, 1, 1, 1, 1]
     assert [(o.key, o.event["reason"]) for o in outcomes] == [
         ("A", "processing_failed"),
         ("E", "empty"),  # rejected before the model call: keeps its own reason
         ("B", "processing_failed"),
     ]
     assert "actor died" in outcomes[0].event["message"]
+
+
+def test_poison_image_goes_to_dlq_alone_and_its_batch_mates_are_matched() -> None:
+    def model(blobs: list[bytes]) -> list[Any]:
+        if b"poison" in blobs:
+            raise RuntimeError("segfault in the model")
+        return [faces(5) for _ in blobs]
+
+    outcomes = process(
+        image_processor(actors(FakeModel(model))),
+        msg("A", b"a"),
+        msg("P", b"poison"),
+        msg("B", b"b"),
+    )
+    assert [o.kind for o in outcomes] == ["match", "dlq", "match"]
+    assert outcomes[1].event["reason"] == "processing_failed"
 
 
 def test_retry_count_follows_settings() -> None:
@@ -189,14 +206,21 @@ def test_retries_rotate_over_model_replicas_and_recover() -> None:
     assert outcomes[0].event["faces"][0]["identity"] == "person-8"
 
 
-def test_gallery_failure_also_ends_in_processing_failed() -> None:
+def test_unreachable_gallery_is_waited_for_not_turned_into_dlq_events() -> None:
     gallery = FakeGallery()
-    gallery.search = Method(lambda *a: (_ for _ in ()).throw(ConnectionError("qdrant down")))
+    failures = iter([ConnectionError("qdrant down")] * 7)
+
+    def search(emb: np.ndarray, k: int) -> list[list[Candidate]]:
+        for exc in failures:
+            raise exc
+        return [[Candidate("person-1", 0.9)] for _ in emb]
+
+    gallery.search = Method(search)
     outcomes = process(
         image_processor(actors(by_blob({b"a": faces(1)}), gallery=gallery)), msg("A", b"a")
     )
-    assert outcomes[0].event["reason"] == "processing_failed"
-    assert len(gallery.search.calls) == SETTINGS.retry.attempts
+    assert len(gallery.search.calls) == 8  # more than retry.attempts: it never gives up
+    assert outcomes[0].kind == "match" and outcomes[0].event["faces"][0]["identity"] == "person-1"
 
 
 # -- enrolment ------------------------------------------------------------------------------
