@@ -7,6 +7,7 @@ Names are derived from the app id, so every worker of one deployment finds the s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import ray
 
 from actors.gallery import Candidate, open_gallery
+from actors.gallery.edge import OWNER_FILE
 from actors.models import ImageFaces, load_face_model
 from facestream.imaging import ImageRejected
 from facestream.settings import Settings
@@ -47,6 +49,14 @@ class ModelActor:
 class GalleryActor:
     def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
         self.gallery = open_gallery(settings, model_id, dim)
+        if settings.gallery.backend == "edge":
+            # Tells CLI processes, which may not open the shard, where its owner runs.
+            owner = {
+                "ray_address": ray.get_runtime_context().gcs_address,
+                "ray_auth_token_path": os.environ.get("RAY_AUTH_TOKEN_PATH"),
+                "pid": os.getpid(),
+            }
+            (settings.gallery.path / OWNER_FILE).write_text(json.dumps(owner))
 
     def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
         if len(embeddings) == 0:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from types import TracebackType
 from typing import Any
@@ -67,20 +69,40 @@ def gallery_rows(settings: Settings) -> list[dict[str, Any]]:
         gallery.close()
 
 
+def _owner_address(settings: Settings) -> str | None:
+    """The Ray cluster whose gallery actor owns the configured gallery, if any."""
+    from actors.gallery.edge import OWNER_FILE
+
+    if settings.ray.address:
+        return settings.ray.address
+    owner_file = settings.gallery.path / OWNER_FILE
+    if settings.gallery.backend != "edge" or not owner_file.exists():
+        return None
+    owner = json.loads(owner_file.read_text())
+    # Ray token auth (on by default): the owner's token file, else Ray's default one.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if owner.get("ray_auth_token_path"):
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", owner["ray_auth_token_path"])
+    return owner["ray_address"]
+
+
 def _rows_from_ray(settings: Settings) -> list[dict[str, Any]] | None:
+    address = _owner_address(settings)  # before importing ray: it reads RAY_AUTH_* at import
+    if address is None:
+        return None
     import ray
 
     from actors.remote import find_gallery
 
     try:
         ray.init(
-            address=settings.ray.address or "auto",
+            address=address,
             namespace=settings.ray.namespace,
             log_to_driver=False,
             logging_level=logging.WARNING,
         )
-    except ConnectionError:
-        return None
+    except (ConnectionError, RuntimeError):
+        return None  # the owner is gone: the gallery can be opened directly
     try:
         return ray.get(find_gallery(settings).identities.remote())
     except ValueError:

@@ -64,9 +64,9 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
         parts = consumer.partitions_for_topic(topic)
         if parts:
             return parts
-        await consumer.force_metadata_update()
+        await consumer.topics()  # refreshes the cluster metadata
         await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic!r} not found on {consumer._client.hosts}")
+    raise RuntimeError(f"topic {topic!r} not found")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -25,19 +27,23 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     }
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Create missing topics and wait until the broker lists every one of them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_list)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        new = [
-            NewTopic(name, partitions, settings.topics.replication_factor)
-            for name, partitions in topic_specs(settings).items()
-            if name not in existing
-        ]
-        if new:
+        deadline = time.monotonic() + timeout_s
+        while missing := _missing(topic_specs(settings), set(await admin.list_topics())):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics still missing after {timeout_s:.0f}s: {missing}")
+            new = [NewTopic(name, n, settings.topics.replication_factor) for name, n in missing]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(new)
-            log.info("created topics %s", [n.name for n in new])
+            log.info("creating topics %s", [name for name, _ in missing])
+            await asyncio.sleep(0.5)
     finally:
         await admin.close()
+
+
+def _missing(specs: dict[str, int], existing: set[str]) -> list[tuple[str, int]]:
+    return [(name, n) for name, n in specs.items() if name not in existing]

@@ -15,7 +15,7 @@ from facestream.embedded import EmbeddedStack, free_port
 from facestream.settings import Settings
 from streams.clients import ImageToSend, request_enrollment
 from streams.enrollment import EnrollmentRequest, Photo
-from tests.flow import run_flow
+from tests.flow import RawRecord, run_flow
 
 DEFAULT_CACHE = Settings().cache_dir
 
@@ -51,7 +51,9 @@ class Pipeline:
     def __init__(self, settings: Settings, stack: EmbeddedStack) -> None:
         self.settings, self.stack = settings, stack
 
-    def run(self, images: list[ImageToSend], timeout_s: float = 120.0) -> dict[str, tuple]:
+    def run(
+        self, images: list[ImageToSend | RawRecord], timeout_s: float = 120.0
+    ) -> dict[str, tuple]:
         """Produce ``images``; image_id -> (kind, event) once every id has an outcome."""
         report = asyncio.run(run_flow(self.settings, images, timeout_s))
         missing = report.missing({img.image_id for img in images})

@@ -13,6 +13,17 @@ from streams.clients import ImageToSend, outcome_topics, producer, tail
 from streams.records import image_headers
 
 
+@dataclass(frozen=True)
+class RawRecord:
+    """A record sent exactly as given (odd keys, malformed headers); ``image_id`` is the id
+    its outcome is expected to carry."""
+
+    image_id: str
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 @dataclass
 class FlowReport:
     produced: int
@@ -35,7 +46,7 @@ class FlowReport:
 
 async def run_flow(
     settings: Settings,
-    images: list[ImageToSend],
+    images: list[ImageToSend | RawRecord],
     timeout_s: float = 180.0,
     rate_per_s: float | None = None,
     faults: dict[int, Callable[[], object]] | None = None,
@@ -50,13 +61,12 @@ async def run_flow(
         async def produce() -> None:
             async with producer(settings) as p:
                 for i, img in enumerate(images):
-                    headers = image_headers(img.image_id, img.source)
-                    await p.send(
-                        settings.topics.images,
-                        img.data,
-                        headers=headers,
-                        key=(img.source or "").encode() or None,
-                    )
+                    if isinstance(img, RawRecord):
+                        value, key, headers = img.value, img.key, list(img.headers)
+                    else:
+                        value, headers = img.data, image_headers(img.image_id, img.source)
+                        key = img.source.encode() if img.source else None
+                    await p.send(settings.topics.images, value, key=key, headers=headers)
                     if rate_per_s:
                         await asyncio.sleep(1 / rate_per_s)
                     if faults and i in faults:
@@ -69,6 +79,8 @@ async def run_flow(
         deadline = time.monotonic() + timeout_s
         done_at: float | None = None
         while time.monotonic() < deadline:
+            if producing.done() and producing.exception():
+                raise producing.exception()
             batch = await consumer.getmany(timeout_ms=250)
             for tp, records in batch.items():
                 kind = "match" if tp.topic == settings.topics.matches else "dlq"

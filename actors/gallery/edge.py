@@ -15,6 +15,8 @@ import qdrant_edge as qe
 from actors.gallery.base import Gallery, GalleryError, Hit
 
 _SCROLL_PAGE = 1024
+# Written beside the shard by the process that owns it: where CLI processes can reach it.
+OWNER_FILE = "owner.json"
 
 
 class EdgeGallery(Gallery):

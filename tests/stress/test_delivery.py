@@ -5,6 +5,7 @@ throughout; each test prints produced / outcomes / duplicates / missing."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import tempfile
 import threading
@@ -60,9 +61,13 @@ def check(report: FlowReport, images: list[ImageToSend], stack: EmbeddedStack) -
 
 def new_stack(samples: Path, **kwargs: object) -> tuple[EmbeddedStack, Pipeline]:
     run_dir = Path(tempfile.mkdtemp(prefix="fss-"))
-    stack = EmbeddedStack(embedded_settings(run_dir), run_dir, **kwargs).start()
-    pipeline = Pipeline(stack.settings, stack)
-    pipeline.enroll_photos("obama", samples / "obama.jpg")
+    stack = EmbeddedStack(embedded_settings(run_dir), run_dir, **kwargs)
+    with contextlib.ExitStack() as on_error:
+        on_error.callback(stack.stop)
+        stack.start()
+        pipeline = Pipeline(stack.settings, stack)
+        pipeline.enroll_photos("obama", samples / "obama.jpg")
+        on_error.pop_all()
     return stack, pipeline
 
 
