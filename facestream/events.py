@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.gallery.base import Candidate
-from actors.models.base import DetectedFace, ImageFaces
+from actors.models.base import ImageFaces
+from facestream.decisions import Decision, face_record
 
 MATCH_SCHEMA = "facestream.match/v1"
 DLQ_SCHEMA = "facestream.dlq/v1"
@@ -28,38 +29,20 @@ class ImageMeta:
     content_type: str | None = None
 
 
-@dataclass(frozen=True)
-class Decision:
-    """The settings every decision depends on, stamped into each event."""
-
-    model_id: str
-    threshold: float
-
-
 def utc_now() -> str:
     t = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
-def face_record(
-    face: DetectedFace, candidates: list[Candidate], threshold: float
-) -> dict[str, Any]:
-    best = candidates[0] if candidates else None
-    matched = best is not None and best.similarity >= threshold
-    return {
-        "bbox": face.bbox,
-        "landmarks": face.landmarks,
-        "det_score": face.det_score,
-        "decision": "match" if matched else "unknown",
-        "identity": best.identity if matched else None,
-        "similarity": best.similarity if best else None,
-        "candidates": [{"identity": c.identity, "similarity": c.similarity} for c in candidates],
-    }
-
-
 def match_event(
-    meta: ImageMeta, analysis: ImageFaces, candidates: list[list[Candidate]], decision: Decision
+    meta: ImageMeta,
+    analysis: ImageFaces,
+    candidates: list[list[Candidate]],
+    decision: Decision,
+    reasons: list[list[str]] | None = None,
 ) -> dict[str, Any]:
+    """``candidates`` and ``reasons`` (quality-gate failures) are per face of ``analysis``."""
+    reasons = reasons or [[] for _ in analysis.faces]
     return {
         "schema": MATCH_SCHEMA,
         "image_id": meta.image_id,
@@ -69,8 +52,8 @@ def match_event(
         "model": decision.model_id,
         "threshold": decision.threshold,
         "faces": [
-            face_record(face, cands, decision.threshold)
-            for face, cands in zip(analysis.faces, candidates, strict=True)
+            face_record(face, cands, decision.threshold, why)
+            for face, cands, why in zip(analysis.faces, candidates, reasons, strict=True)
         ],
     }
 

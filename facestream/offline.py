@@ -11,7 +11,8 @@ from typing import Any
 
 from actors.gallery import Gallery, open_gallery
 from actors.models import load_face_model
-from facestream.events import Decision, ImageMeta, dlq_event, match_event
+from facestream.decisions import Decision, SearchPlan
+from facestream.events import ImageMeta, dlq_event, match_event
 from facestream.imaging import ImageRejected
 from facestream.settings import Settings
 
@@ -36,11 +37,14 @@ class OfflineIdentifier:
         (result,) = self.model.analyze_bytes([data], self.settings.limits)
         if isinstance(result, ImageRejected):
             return dlq_event(meta, result.reason, result.message)
-        if self.gallery is not None and result.faces:
-            candidates = self.gallery.search(result.embeddings, self.settings.matching.top_k)
-        else:
-            candidates = [[] for _ in result.faces]
-        return match_event(meta, result, candidates, self.decision)
+        plan = SearchPlan.of([result], self.settings.quality.search, self.model.embedding_dim)
+        found = (
+            self.gallery.search(plan.embeddings, self.settings.matching.top_k)
+            if self.gallery is not None and len(plan.embeddings)
+            else [[] for _ in plan.embeddings]
+        )
+        (candidates,) = plan.candidates(found)
+        return match_event(meta, result, candidates, self.decision, plan.reasons[0])
 
     def close(self) -> None:
         if self.gallery is not None:

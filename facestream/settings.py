@@ -114,6 +114,23 @@ class MatchingSettings(Group):
     top_k: int = 3
 
 
+class QualityGates(Group):
+    """A face failing any gate is reported as rejected, with reasons, and never searched."""
+
+    min_face_px: float = 24.0
+    min_det_score: float = 0.5
+    min_sharpness: float = 40.0
+    max_abs_yaw: float = 0.7
+
+
+class QualitySettings(Group):
+    search: QualityGates = QualityGates()
+    # Enrolment photos define a person: stricter than search.
+    enrol: QualityGates = QualityGates(
+        min_face_px=64.0, min_det_score=0.6, min_sharpness=80.0, max_abs_yaw=0.4
+    )
+
+
 class RetrySettings(Group):
     # Compute-side failures (a dead actor, an unreachable gallery) are retried this many
     # times with exponential backoff before the images go to the DLQ as processing_failed.
@@ -151,6 +168,7 @@ class Settings(BaseSettings):
     limits: ImageLimits = ImageLimits()
     batch: BatchSettings = BatchSettings()
     matching: MatchingSettings = MatchingSettings()
+    quality: QualitySettings = QualitySettings()
     retry: RetrySettings = RetrySettings()
     gallery: GallerySettings = GallerySettings()
     ray: RaySettings = RaySettings()

@@ -15,8 +15,10 @@ import numpy as np
 import ray
 
 from actors.models.base import ImageFaces
+from actors.models.quality import assess
 from actors.remote import Actors
-from facestream.events import Decision, dlq_event, match_event
+from facestream.decisions import Decision, SearchPlan
+from facestream.events import dlq_event, match_event
 from facestream.imaging import ImageRejected, Reason, check_size
 from facestream.retry import retry
 from facestream.settings import Settings
@@ -109,23 +111,22 @@ class ImageProcessor:
     async def _analyze(self, messages: list[ImageMessage], index: list[int]) -> dict[int, Outcome]:
         results = await self._analyze_isolating([m.data for m in messages])
         analysed = [r for r in results if isinstance(r, ImageFaces)]
-        embeddings = (
-            np.concatenate([r.embeddings for r in analysed])
-            if analysed
-            else np.zeros((0, self.calls.actors.embedding_dim), np.float32)
+        plan = SearchPlan.of(
+            analysed, self.settings.quality.search, self.calls.actors.embedding_dim
         )
-        candidates = iter(
-            await self.calls.gallery("search", embeddings, self.settings.matching.top_k)
-            if len(embeddings)
+        found = (
+            await self.calls.gallery("search", plan.embeddings, self.settings.matching.top_k)
+            if len(plan.embeddings)
             else []
         )
+        per_image = iter(zip(plan.candidates(found), plan.reasons, strict=True))
         out: dict[int, Outcome] = {}
         for i, msg, result in zip(index, messages, results, strict=True):
             if isinstance(result, ImageRejected):
                 out[i] = self._dlq(msg, result.reason, result.message)
                 continue
-            cands = [next(candidates) for _ in result.faces]
-            event = match_event(msg.meta, result, cands, self.decision)
+            candidates, reasons = next(per_image)
+            event = match_event(msg.meta, result, candidates, self.decision, reasons)
             out[i] = Outcome("match", msg.meta.image_id, event)
         return out
 
@@ -137,6 +138,7 @@ class EnrollmentProcessor:
     def __init__(self, settings: Settings, calls: ActorCalls) -> None:
         self.calls = calls
         self.model_id = calls.actors.model_id
+        self.gates = settings.quality.enrol
 
     async def process(self, raw: bytes | None) -> dict[str, Any] | None:
         """Apply one enrolment record to the gallery; returns the acknowledgement."""
@@ -171,6 +173,16 @@ class EnrollmentProcessor:
         for photo, result in zip(req.photos, results, strict=True):
             if isinstance(result, ImageRejected):
                 return refuse(result.reason, result.message, photo.name)
+            if len(result.faces) == 1:
+                face = result.faces[0]
+                why = assess(face.quality, face.det_score, self.gates) if face.quality else []
+                if why:
+                    return refuse(
+                        why[0],
+                        f"{photo.name}: face fails the enrolment gates: {', '.join(why)}"
+                        f" (quality {face.quality.as_dict()})",
+                        photo.name,
+                    )
             if len(result.faces) != 1:
                 reason = (
                     EnrollmentReason.NO_FACE

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from actors.models.quality import FaceQuality, measure
 from facestream.imaging import ImageRejected, decode_image
 from facestream.settings import ImageLimits
 
@@ -16,6 +17,7 @@ class DetectedFace:
     bbox: list[float]  # x1, y1, x2, y2 in pixels of the (orientation-corrected) image
     landmarks: list[list[float]]  # 5 points: eyes, nose, mouth corners
     det_score: float
+    quality: FaceQuality | None = None  # set by analyze(), from the aligned crop
 
 
 @dataclass
@@ -46,11 +48,12 @@ class FaceModel(ABC):
     def analyze(self, images_bgr: list[np.ndarray]) -> list[ImageFaces]:
         """Detect per image, then embed every face of every image in one batch."""
         detections = [self.detect(img) for img in images_bgr]
-        crops = [
-            self.align(img, kps)
-            for img, (_, all_kps) in zip(images_bgr, detections, strict=True)
-            for kps in all_kps
-        ]
+        crops = []
+        for img, (faces, all_kps) in zip(images_bgr, detections, strict=True):
+            for face, kps in zip(faces, all_kps, strict=True):
+                crop = self.align(img, kps)
+                face.quality = measure(crop, kps, face.bbox)
+                crops.append(crop)
         embeddings = (
             self.embed_crops(crops) if crops else np.zeros((0, self.embedding_dim), np.float32)
         )
