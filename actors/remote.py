@@ -64,9 +64,17 @@ class GalleryActor:
         return self.gallery.search(embeddings, top_k)
 
     def add(
-        self, identity: str, name: str | None, embeddings: np.ndarray, photos: list[dict[str, str]]
+        self,
+        identity: str,
+        name: str | None,
+        embeddings: np.ndarray,
+        photos: list[dict[str, str]],
+        basis: str | None = None,
     ) -> list[str]:
-        return self.gallery.add(identity, name, embeddings, photos)
+        return self.gallery.add(identity, name, embeddings, photos, basis)
+
+    def show(self, identity: str) -> list[dict[str, Any]]:
+        return self.gallery.show(identity)
 
     def delete(self, identity: str) -> int:
         return self.gallery.delete(identity)

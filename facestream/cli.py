@@ -106,21 +106,31 @@ def produce(paths: tuple[str, ...], source: str) -> None:
 @click.argument("identity")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--name", default=None, help="display name")
+@click.option(
+    "--basis",
+    default=None,
+    help='legal basis: a consent reference or legal ground, e.g. "consent:form-118"',
+)
 @click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for the ack")
-def enroll(identity: str, images: tuple[str, ...], name: str | None, timeout: float) -> None:
+def enroll(
+    identity: str, images: tuple[str, ...], name: str | None, basis: str | None, timeout: float
+) -> None:
     """Enrol IDENTITY from photos holding exactly one face each."""
     from streams.clients import request_enrollment
     from streams.enrollment import EnrollmentRequest, Photo
 
+    settings = _settings()
+    if settings.privacy.require_basis and not basis:
+        raise click.UsageError("--basis is required (FACESTREAM_PRIVACY__REQUIRE_BASIS=true)")
     photos = tuple(Photo(p.name, p.read_bytes()) for p in _image_files(images))
-    request = EnrollmentRequest("enroll", identity, name, photos)
-    reply = asyncio.run(request_enrollment(_settings(), request, timeout))
+    request = EnrollmentRequest("enroll", identity, name, photos, basis=basis)
+    reply = asyncio.run(request_enrollment(settings, request, timeout))
     _print_ack(reply)
 
 
 def _print_ack(reply: dict) -> None:
     if reply["ok"]:
-        detail = {k: reply[k] for k in ("photos", "removed") if k in reply}
+        detail = {k: reply[k] for k in ("photos", "removed", "basis", "tombstoned") if k in reply}
         console.print(f"[green]ok[/] {reply['op']} {reply['identity']} {detail}")
         return
     error = reply["error"]
@@ -139,9 +149,9 @@ def identities() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
 def identities_list(as_json: bool) -> None:
     """List enrolled identities (through the running deployment, else the gallery itself)."""
-    from facestream.offline import gallery_rows
+    from facestream.offline import ask_gallery
 
-    rows = gallery_rows(_settings())
+    rows = ask_gallery(_settings(), "identities")
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -151,6 +161,37 @@ def identities_list(as_json: bool) -> None:
                 f"{len(rows)} identities", rows, ["identity", "name", "photos", "enrolled_at"]
             )
         )
+
+
+@identities.command("show")
+@click.argument("identity")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object")
+def identities_show(identity: str, as_json: bool) -> None:
+    """Everything stored about IDENTITY: its gallery entries and its enrolment records."""
+    from facestream.offline import ask_gallery
+    from streams.clients import enrollment_records
+
+    settings = _settings()
+    stored = ask_gallery(settings, "show", identity)
+    records = asyncio.run(enrollment_records(settings, identity))
+    report = {"identity": identity, "gallery": stored, "enrollment_log": records}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    console.print(
+        rows_table(
+            f"{identity}: {len(stored)} gallery entries",
+            stored,
+            ["photo", "name", "basis", "enrolled_at", "model_id", "photo_sha256"],
+        )
+    )
+    console.print(
+        rows_table(
+            f"{identity}: {len(records)} records in the enrolment log",
+            records,
+            ["offset", "op", "photos", "tombstone"],
+        )
+    )
 
 
 @identities.command("delete")

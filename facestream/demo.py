@@ -32,6 +32,7 @@ ENROLMENTS = {
     "biden": ("Joe Biden", ["biden.jpg"]),
     "yao-ming": ("Yao Ming", ["yaoming.jpg"]),
 }
+DEMO_BASIS = "demo: public figures, photos from public test packages"
 # Other photos of the enrolled people, and strangers (a team photo with Yao Ming among 21
 # others, a group of six, a panel of five).
 STREAM = ["obama2.jpg", "obama3.jpg", "biden2.jpg", "players.jpg", "t1.jpg", "gdp.jpg"]
@@ -84,7 +85,11 @@ def run_demo(base: Settings, timeout_s: float = 300.0) -> int:
 async def _enrol_and_stream(settings: Settings, samples: Path, timeout_s: float) -> Tally:
     for identity, (name, photos) in ENROLMENTS.items():
         request = EnrollmentRequest(
-            "enroll", identity, name, tuple(Photo(p, (samples / p).read_bytes()) for p in photos)
+            "enroll",
+            identity,
+            name,
+            tuple(Photo(p, (samples / p).read_bytes()) for p in photos),
+            basis=DEMO_BASIS,
         )
         reply = await request_enrollment(settings, request, timeout_s)
         state = "[green]enrolled[/]" if reply["ok"] else f"[red]refused: {reply['error']}[/]"

@@ -183,6 +183,53 @@ class RayHead(ChildProcess):
         return f"127.0.0.1:{self.port}"
 
 
+class RayNode(ChildProcess):
+    """A Ray worker node that joins ``head`` with the head's token and temp dir.
+
+    Nodes share the head's machine, so every port a node listens on is chosen here: the
+    defaults (e.g. the dashboard agent's 52365) would collide between nodes.
+    """
+
+    PORT_FLAGS = (
+        "node-manager-port",
+        "object-manager-port",
+        "metrics-export-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "runtime-env-agent-port",
+    )
+
+    def __init__(self, head: RayHead, log_path: Path, num_cpus: int = 1) -> None:
+        self.ports = {flag: free_port() for flag in self.PORT_FLAGS}
+        cmd = [
+            _venv_binary("ray"),
+            "start",
+            f"--address={head.address}",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            "--disable-usage-stats",
+            *(f"--{flag}={port}" for flag, port in self.ports.items()),
+        ]
+        super().__init__(cmd, log_path, head.env)
+        self._wait_until_started(60.0)
+
+    def _wait_until_started(self, timeout_s: float) -> None:
+        # The raylet's port opens seconds before the node has registered with the head; ray
+        # start prints this line once it has, and only then will actors be placed here.
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in self.log_path.read_text(errors="replace"):
+            if not self.alive():
+                raise RuntimeError(f"ray node exited:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ray node not started after {timeout_s}s:\n{self.log_tail()}")
+            time.sleep(0.1)
+
+    @property
+    def node_manager_port(self) -> int:
+        return self.ports["node-manager-port"]
+
+
 class Worker(ChildProcess):
     """``facestream worker`` with the given settings (it starts or joins Ray by itself)."""
 
@@ -195,8 +242,9 @@ class EmbeddedStack:
     """Broker + topics + workers, all local. Settings must name the broker port.
 
     One worker starts its own local Ray; ``shared_ray`` starts a Ray head that every worker
-    joins (several workers must share one gallery actor). ``persistent`` puts the broker on
-    S3 storage (SeaweedFS) so that it survives a restart.
+    joins (several workers must share one gallery actor), and ``ray_nodes`` worker nodes that
+    join the head (a Ray cluster on one machine). ``persistent`` puts the broker on S3
+    storage (SeaweedFS) so that it survives a restart.
     """
 
     def __init__(
@@ -206,13 +254,17 @@ class EmbeddedStack:
         workers: int = 1,
         shared_ray: bool = False,
         persistent: bool = False,
+        ray_nodes: int = 0,
     ) -> None:
+        if ray_nodes and not shared_ray:
+            raise ValueError("ray_nodes join the shared Ray head: set shared_ray=True")
         self.settings, self.run_dir, self.n_workers = settings, run_dir, workers
-        self.shared_ray, self.persistent = shared_ray, persistent
+        self.shared_ray, self.persistent, self.n_ray_nodes = shared_ray, persistent, ray_nodes
         self.worker_env = {"RAY_TMPDIR": str(run_dir)}
         self.s3: S3Storage | None = None
         self.broker: TansuBroker | None = None
         self.ray_head: RayHead | None = None
+        self.ray_nodes: list[RayNode] = []
         self.workers: list[Worker] = []
 
     @property
@@ -229,6 +281,8 @@ class EmbeddedStack:
             self.ray_head = RayHead(self.run_dir)
             self.worker_env = self.ray_head.env
             self.settings = self.settings.override(ray__address=self.ray_head.address)
+            for i in range(self.n_ray_nodes):
+                self.add_ray_node(f"ray-node-{i}")
         for i in range(self.n_workers):
             self.add_worker(f"worker-{i}")
         return self
@@ -242,8 +296,23 @@ class EmbeddedStack:
         self.workers.append(worker)
         return worker
 
+    def add_ray_node(self, name: str, num_cpus: int = 1) -> RayNode:
+        if self.ray_head is None:
+            raise RuntimeError("a Ray node joins the shared Ray head: start with shared_ray=True")
+        node = RayNode(self.ray_head, self.run_dir / f"{name}.log", num_cpus)
+        self.ray_nodes.append(node)
+        return node
+
+    def remove_ray_node(self, node: RayNode, kill: bool = True) -> None:
+        """Take a node away mid-stream: SIGKILL to its process group (a machine lost), or
+        SIGTERM (a node drained). Its actors die with it; Ray restarts them elsewhere."""
+        if kill:
+            node.kill()
+        else:
+            node.stop()
+
     def stop(self) -> None:
-        for child in [*self.workers, self.ray_head, self.broker, self.s3]:
+        for child in [*self.workers, *self.ray_nodes, self.ray_head, self.broker, self.s3]:
             if child is not None:
                 child.stop()
 

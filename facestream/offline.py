@@ -57,18 +57,19 @@ class OfflineIdentifier:
         self.close()
 
 
-def gallery_rows(settings: Settings) -> list[dict[str, Any]]:
-    """Enrolled identities, from the running deployment's gallery actor when there is one.
+def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
+    """A read from the gallery (``identities``, ``show``): through the running deployment's
+    gallery actor when there is one, else from the gallery itself.
 
     The embedded engine may be opened by one process only, so while a worker runs, its
     gallery actor answers; with no deployment running, the gallery is opened directly.
     """
-    rows = _rows_from_ray(settings)
-    if rows is not None:
-        return rows
+    answer = _ask_through_ray(settings, method, *args)
+    if answer is not None:
+        return answer
     gallery = open_gallery(settings, model_id=None, dim=None)
     try:
-        return gallery.identities()
+        return getattr(gallery, method)(*args)
     finally:
         gallery.close()
 
@@ -90,7 +91,7 @@ def _owner_address(settings: Settings) -> str | None:
     return owner["ray_address"]
 
 
-def _rows_from_ray(settings: Settings) -> list[dict[str, Any]] | None:
+def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
     address = _owner_address(settings)  # before importing ray: it reads RAY_AUTH_* at import
     if address is None:
         return None
@@ -108,7 +109,7 @@ def _rows_from_ray(settings: Settings) -> list[dict[str, Any]] | None:
     except (ConnectionError, RuntimeError):
         return None  # the owner is gone: the gallery can be opened directly
     try:
-        return ray.get(find_gallery(settings).identities.remote())
+        return ray.get(getattr(find_gallery(settings), method).remote(*args))
     except ValueError:
         print("no running deployment found in Ray; reading the gallery directly", file=sys.stderr)
         return None

@@ -7,10 +7,11 @@ Nested groups use ``__``: ``FACESTREAM_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``,
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "production"]
@@ -61,11 +62,32 @@ PROFILE_TUNING: dict[Profile, BrokerTuning] = {
 }
 
 
+class KafkaSecurity(Group):
+    """Passed to every Kafka client (Faust, aiokafka producers, consumers and admin)."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSecurity:
+        if self.protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"kafka.security.protocol={self.protocol} needs sasl_username/password"
+            )
+        return self
+
+
 class KafkaSettings(Group):
     bootstrap_servers: str = "127.0.0.1:9092"
     app_id: str = "facestream"
     max_message_bytes: int = 8 * 1024 * 1024
     tuning: BrokerTuning = BrokerTuning()
+    security: KafkaSecurity = KafkaSecurity()
 
     @property
     def bootstrap_list(self) -> list[str]:
@@ -78,6 +100,7 @@ class TopicSettings(Group):
     dlq: str = "images.dlq"
     enrollments: str = "enrollments"
     enrollment_acks: str = "enrollments.acks"
+    audit: str = "audit"
     images_partitions: int = 4
     replication_factor: int = 1
 
@@ -147,6 +170,18 @@ class GallerySettings(Group):
     hnsw_ef: int = 128
 
 
+class PrivacySettings(Group):
+    # Enrolment must name its legal basis (a consent reference or a legal ground, e.g.
+    # "consent:form-2026-118" or "GDPR art. 6(1)(e)"). Waiving it is an explicit decision.
+    require_basis: bool = True
+
+
+class MetricsSettings(Group):
+    # Bound to localhost unless configured: metrics reveal traffic patterns.
+    host: str = "127.0.0.1"
+    port: int = 9464
+
+
 class RaySettings(Group):
     address: str | None = None  # None: start a local Ray inside the worker
     namespace: str = "facestream"
@@ -172,6 +207,8 @@ class Settings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     gallery: GallerySettings = GallerySettings()
     ray: RaySettings = RaySettings()
+    privacy: PrivacySettings = PrivacySettings()
+    metrics: MetricsSettings = MetricsSettings()
     cache_dir: Path = Field(default_factory=_cache_home)
     log_level: str = "info"
 
@@ -206,16 +243,12 @@ class Settings(BaseSettings):
             if isinstance(value, dict):
                 for k, v in value.items():
                     walk(f"{prefix}__{k.upper()}" if prefix else k.upper(), v)
+            elif isinstance(value, SecretStr):  # the child needs the secret itself
+                out[f"FACESTREAM_{prefix}"] = value.get_secret_value()
+            elif isinstance(value, str | Path):
+                out[f"FACESTREAM_{prefix}"] = str(value)
             elif value is not None:
-                out[f"FACESTREAM_{prefix}"] = (
-                    value if isinstance(value, str) else _json_scalar(value)
-                )
+                out[f"FACESTREAM_{prefix}"] = json.dumps(value)
 
-        walk("", self.model_dump(mode="json"))
+        walk("", self.model_dump())
         return out
-
-
-def _json_scalar(value: object) -> str:
-    import json
-
-    return json.dumps(value)

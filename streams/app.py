@@ -8,7 +8,6 @@ outcomes are keyed by image id so consumers can drop the duplicates a replay pro
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
@@ -20,6 +19,7 @@ from facestream.retry import retry
 from facestream.settings import Settings
 from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
+from streams.security import faust_credentials
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     tuning = settings.tuning
     return {
         "broker": [f"kafka://{host}" for host in settings.kafka.bootstrap_list],
+        "broker_credentials": faust_credentials(settings.kafka.security),
         "web_enabled": False,
         "autodiscover": False,
         "topic_partitions": settings.topics.images_partitions,
@@ -64,13 +65,14 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
     images = raw_topic(t.images, t.images_partitions)
     matches, dlq = raw_topic(t.matches), raw_topic(t.dlq)
     enrollments, acks = raw_topic(t.enrollments, 1), raw_topic(t.enrollment_acks, 1)
+    audit = raw_topic(t.audit)
 
     calls = ActorCalls(settings, actors)
     image_processor = ImageProcessor(settings, calls)
     enrollment_processor = EnrollmentProcessor(settings, calls)
     wait_s = settings.batch.wait_ms / 1000
 
-    async def deliver(sends: list[tuple[faust.TopicT, str, bytes]]) -> None:
+    async def deliver(sends: list[tuple[faust.TopicT, str, bytes | None]]) -> None:
         """Send, and wait until the broker has every record, before the inputs are acked.
 
         Retried for ever: while the broker is away the agent waits (and acknowledges nothing)
@@ -102,15 +104,23 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
             outcomes = await image_processor.process(messages)
             await deliver(
                 [(matches if o.kind == "match" else dlq, o.key, encode(o.event)) for o in outcomes]
+                + [(audit, o.key, encode(o.audit)) for o in outcomes]
             )
 
     @app.agent(enrollments)
     async def enroll(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            reply = await enrollment_processor.process(event.message.value)
-            if reply is not None:
-                log.info("enrolment %s %s: ok=%s", reply["op"], reply["identity"], reply["ok"])
-                await deliver([(acks, reply["request_id"], json.dumps(reply).encode())])
+            result = await enrollment_processor.process(event.message.value)
+            if result is None:
+                continue
+            reply = result.ack
+            log.info("enrolment %s %s: ok=%s", reply["op"], reply["identity"], reply["ok"])
+            sends = [(audit, reply["identity"] or "", encode(result.audit))]
+            if result.tombstone is not None:
+                # Null value under the identity's key: compaction drops its enrolment records
+                # (and their photos) from the log.
+                sends.append((enrollments, result.tombstone, None))
+            await deliver([*sends, (acks, reply["request_id"], encode(reply))])
 
     return app
 

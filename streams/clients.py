@@ -15,12 +15,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from facestream.settings import Settings
 from streams.enrollment import EnrollmentRequest
 from streams.records import image_headers
+from streams.security import aiokafka_kwargs
 
 
 @asynccontextmanager
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     p = AIOKafkaProducer(
         bootstrap_servers=settings.kafka.bootstrap_list,
+        **aiokafka_kwargs(settings.kafka.security),
         acks="all",
         max_request_size=settings.kafka.max_message_bytes,
         max_batch_size=settings.tuning.producer_max_batch_size,
@@ -40,6 +42,7 @@ async def tail(
     """A group-less consumer over every partition of ``topics``, at the end (or the start)."""
     c = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_list,
+        **aiokafka_kwargs(settings.kafka.security),
         enable_auto_commit=False,
         max_partition_fetch_bytes=settings.kafka.max_message_bytes,
         fetch_max_bytes=settings.kafka.max_message_bytes,
@@ -139,3 +142,30 @@ async def read_outcomes(
 
 def outcome_topics(settings: Settings) -> list[str]:
     return [settings.topics.matches, settings.topics.dlq]
+
+
+async def enrollment_records(settings: Settings, identity: str) -> list[dict[str, Any]]:
+    """What the enrolment log still holds under ``identity``'s key (photos are not shown)."""
+    out = []
+    async with tail(settings, [settings.topics.enrollments], from_beginning=True) as c:
+        end = await c.end_offsets(list(c.assignment()))
+        deadline = time.monotonic() + 30
+        while [tp for tp, offset in end.items() if await c.position(tp) < offset]:
+            if time.monotonic() > deadline:
+                raise TimeoutError("could not read the enrolment log to its end")
+            batch = await c.getmany(timeout_ms=500)
+            for records in batch.values():
+                for rec in records:
+                    if rec.key != identity.encode():
+                        continue
+                    row = {
+                        "offset": rec.offset,
+                        "tombstone": rec.value is None,
+                        "op": None,
+                        "photos": None,
+                    }
+                    if rec.value is not None:
+                        doc = json.loads(rec.value)
+                        row |= {"op": doc.get("op"), "photos": len(doc.get("photos") or [])}
+                    out.append(row)
+    return out

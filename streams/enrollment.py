@@ -22,6 +22,7 @@ class EnrollmentReason:
     NO_FACE = "no_face"
     MULTIPLE_FACES = "multiple_faces"
     BAD_REQUEST = "bad_request"
+    MISSING_BASIS = "missing_basis"
 
 
 class MalformedRequest(ValueError):
@@ -47,6 +48,7 @@ class EnrollmentRequest:
     name: str | None = None
     photos: tuple[Photo, ...] = ()
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    basis: str | None = None  # legal basis: a consent reference or a legal ground
 
     def encode(self) -> bytes:
         return json.dumps(
@@ -56,6 +58,7 @@ class EnrollmentRequest:
                 "request_id": self.request_id,
                 "identity": self.identity,
                 "name": self.name,
+                "basis": self.basis,
                 "photos": [
                     {"name": p.name, "data": base64.b64encode(p.data).decode()} for p in self.photos
                 ],
@@ -78,7 +81,14 @@ class EnrollmentRequest:
                 Photo(str(p["name"]), base64.b64decode(p["data"], validate=True))
                 for p in doc.get("photos") or []
             )
-            return cls(op, str(doc["identity"]), doc.get("name"), photos, str(doc["request_id"]))
+            return cls(
+                op,
+                str(doc["identity"]),
+                doc.get("name"),
+                photos,
+                str(doc["request_id"]),
+                doc.get("basis"),
+            )
         except (KeyError, TypeError, ValueError, base64.binascii.Error) as exc:
             raise MalformedRequest(f"malformed enrolment request: {exc}", request_id) from exc
 

@@ -17,12 +17,13 @@ import ray
 from actors.models.base import ImageFaces
 from actors.models.quality import assess
 from actors.remote import Actors
+from facestream import audit
 from facestream.decisions import Decision, SearchPlan
 from facestream.events import dlq_event, match_event
 from facestream.imaging import ImageRejected, Reason, check_size
 from facestream.retry import retry
 from facestream.settings import Settings
-from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, ack
+from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, Photo, ack
 from streams.records import ImageMessage
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ class Outcome:
     kind: str  # "match" or "dlq"
     key: str
     event: dict[str, Any]
+    audit: dict[str, Any]
 
 
 class ActorCalls:
@@ -127,21 +129,33 @@ class ImageProcessor:
                 continue
             candidates, reasons = next(per_image)
             event = match_event(msg.meta, result, candidates, self.decision, reasons)
-            out[i] = Outcome("match", msg.meta.image_id, event)
+            out[i] = Outcome("match", msg.meta.image_id, event, audit.identification(event))
         return out
 
     def _dlq(self, msg: ImageMessage, reason: str, message: str) -> Outcome:
-        return Outcome("dlq", msg.meta.image_id, dlq_event(msg.meta, reason, message))
+        event = dlq_event(msg.meta, reason, message)
+        return Outcome(
+            "dlq", msg.meta.image_id, event, audit.rejection(event, self.decision.model_id)
+        )
+
+
+@dataclass(frozen=True)
+class EnrollmentResult:
+    ack: dict[str, Any]
+    audit: dict[str, Any]
+    tombstone: str | None = None  # erase this key's enrolment records from the log
 
 
 class EnrollmentProcessor:
+    """Applies the enrolment log to the gallery: enrolments (all photos or none) and erasures."""
+
     def __init__(self, settings: Settings, calls: ActorCalls) -> None:
         self.calls = calls
         self.model_id = calls.actors.model_id
         self.gates = settings.quality.enrol
+        self.require_basis = settings.privacy.require_basis
 
-    async def process(self, raw: bytes | None) -> dict[str, Any] | None:
-        """Apply one enrolment record to the gallery; returns the acknowledgement."""
+    async def process(self, raw: bytes | None) -> EnrollmentResult | None:
         if raw is None:
             return None  # a tombstone: nothing to apply
         try:
@@ -149,52 +163,75 @@ class EnrollmentProcessor:
         except MalformedRequest as exc:
             # Acked under the sender's request id when it could be read, so it sees the refusal.
             error = {"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc), "photo": None}
-            return ack(exc.request_id or "", None, "unknown", model_id=self.model_id, error=error)
+            reply = ack(exc.request_id or "", None, "unknown", model_id=self.model_id, error=error)
+            return EnrollmentResult(reply, audit.gallery_change(reply, None, []))
         try:
             if req.op == "delete":
-                removed = await self.calls.gallery("delete", req.identity)
-                return ack(
-                    req.request_id, req.identity, req.op, model_id=self.model_id, removed=removed
-                )
-            return await self._enroll(req)
+                return await self._erase(req)
+            reply = await self._enroll(req)
         except Exception as exc:  # the compute side still failed after its retries
             log.exception("enrolment %s failed", req.request_id)
             error = {"reason": Reason.PROCESSING_FAILED, "message": str(exc), "photo": None}
-            return ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
+            reply = ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
+        photos = [p.name for p in req.photos]
+        return EnrollmentResult(reply, audit.gallery_change(reply, req.basis, photos))
+
+    async def _erase(self, req: EnrollmentRequest) -> EnrollmentResult:
+        """Every vector and payload of the person, then (by tombstone) the enrolment records."""
+        stored = await self.calls.gallery("show", req.identity)
+        removed = await self.calls.gallery("delete", req.identity)
+        photos = sorted({p["photo"] for p in stored})
+        reply = ack(
+            req.request_id,
+            req.identity,
+            req.op,
+            model_id=self.model_id,
+            removed=removed,
+            photos=photos,
+            tombstoned=True,
+        )
+        basis = next((p.get("basis") for p in stored), None)
+        return EnrollmentResult(reply, audit.gallery_change(reply, basis, photos), req.identity)
+
+    def _photo_problem(self, photo: Photo, result: ImageFaces | ImageRejected) -> tuple | None:
+        """(reason, message) when ``photo`` cannot define a person, else None."""
+        if isinstance(result, ImageRejected):
+            return result.reason, result.message
+        if len(result.faces) != 1:
+            reason = (
+                EnrollmentReason.NO_FACE if not result.faces else EnrollmentReason.MULTIPLE_FACES
+            )
+            return reason, f"{photo.name}: found {len(result.faces)} faces, need exactly one"
+        face = result.faces[0]
+        why = assess(face.quality, face.det_score, self.gates) if face.quality else []
+        if why:
+            detail = f"{', '.join(why)} (quality {face.quality.as_dict()})"
+            return why[0], f"{photo.name}: face fails the enrolment gates: {detail}"
+        return None
 
     async def _enroll(self, req: EnrollmentRequest) -> dict[str, Any]:
         def refuse(reason: str, message: str, photo: str | None = None) -> dict[str, Any]:
             error = {"reason": reason, "message": message, "photo": photo}
             return ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
 
+        if self.require_basis and not req.basis:
+            return refuse(
+                EnrollmentReason.MISSING_BASIS, "an enrolment must record its legal basis (--basis)"
+            )
         if not req.photos:
             return refuse(EnrollmentReason.BAD_REQUEST, "an enrolment needs at least one photo")
         results = await self.calls.analyze([p.data for p in req.photos])
         for photo, result in zip(req.photos, results, strict=True):
-            if isinstance(result, ImageRejected):
-                return refuse(result.reason, result.message, photo.name)
-            if len(result.faces) == 1:
-                face = result.faces[0]
-                why = assess(face.quality, face.det_score, self.gates) if face.quality else []
-                if why:
-                    return refuse(
-                        why[0],
-                        f"{photo.name}: face fails the enrolment gates: {', '.join(why)}"
-                        f" (quality {face.quality.as_dict()})",
-                        photo.name,
-                    )
-            if len(result.faces) != 1:
-                reason = (
-                    EnrollmentReason.NO_FACE
-                    if not result.faces
-                    else EnrollmentReason.MULTIPLE_FACES
-                )
-                return refuse(
-                    reason,
-                    f"{photo.name}: found {len(result.faces)} faces, need exactly one",
-                    photo.name,
-                )
+            if problem := self._photo_problem(photo, result):
+                return refuse(*problem, photo.name)
         embeddings = np.concatenate([r.embeddings for r in results])
         photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
-        await self.calls.gallery("add", req.identity, req.name, embeddings, photos)
-        return ack(req.request_id, req.identity, req.op, model_id=self.model_id, photos=len(photos))
+        await self.calls.gallery("add", req.identity, req.name, embeddings, photos, req.basis)
+        return ack(
+            req.request_id,
+            req.identity,
+            req.op,
+            model_id=self.model_id,
+            photos=len(photos),
+            basis=req.basis,
+        )

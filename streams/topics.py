@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from facestream.settings import Settings
+from streams.security import aiokafka_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,35 @@ def topic_specs(settings: Settings) -> dict[str, int]:
         t.dlq: 1,
         t.enrollments: 1,
         t.enrollment_acks: 1,
+        t.audit: 1,
     }
+
+
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Enrolment records are keyed by identity and the log is compacted: an erasure's
+    tombstone makes the broker drop every earlier record (photos included) of that person."""
+    return {settings.topics.enrollments: {"cleanup.policy": "compact"}}
 
 
 async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     """Create missing topics and wait until the broker lists every one of them."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_list)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_list,
+        **aiokafka_kwargs(settings.kafka.security),
+    )
     await admin.start()
     try:
         deadline = time.monotonic() + timeout_s
         while missing := _missing(topic_specs(settings), set(await admin.list_topics())):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"topics still missing after {timeout_s:.0f}s: {missing}")
-            new = [NewTopic(name, n, settings.topics.replication_factor) for name, n in missing]
+            configs = topic_configs(settings)
+            new = [
+                NewTopic(
+                    name, n, settings.topics.replication_factor, topic_configs=configs.get(name)
+                )
+                for name, n in missing
+            ]
             with contextlib.suppress(TopicAlreadyExistsError):  # another worker won the race
                 await admin.create_topics(new)
             log.info("creating topics %s", [name for name, _ in missing])

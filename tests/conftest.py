@@ -18,6 +18,7 @@ from streams.enrollment import EnrollmentRequest, Photo
 from tests.flow import RawRecord, run_flow
 
 DEFAULT_CACHE = Settings().cache_dir
+BASIS = "test: sample photos of public figures from public packages"
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +69,7 @@ class Pipeline:
 
     def enroll_photos(self, identity: str, *paths: Path) -> dict:
         photos = tuple(Photo(p.name, p.read_bytes()) for p in paths)
-        reply = self.enroll(EnrollmentRequest("enroll", identity, None, photos))
+        reply = self.enroll(EnrollmentRequest("enroll", identity, None, photos, basis=BASIS))
         assert reply["ok"], reply
         return reply
 

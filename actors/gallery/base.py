@@ -69,9 +69,15 @@ class Gallery(ABC):
             )
 
     def add(
-        self, identity: str, name: str | None, embeddings: np.ndarray, photos: list[dict[str, str]]
+        self,
+        identity: str,
+        name: str | None,
+        embeddings: np.ndarray,
+        photos: list[dict[str, str]],
+        basis: str | None = None,
     ) -> list[str]:
-        """Enrol one photo per row of ``embeddings``; ``photos`` hold ``name`` and ``sha256``."""
+        """Enrol one photo per row of ``embeddings``; ``photos`` hold ``name`` and ``sha256``;
+        ``basis`` is the legal basis recorded with every point."""
         self._check_dim(embeddings)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         points = []
@@ -82,6 +88,7 @@ class Gallery(ABC):
                 "photo": photo["name"],
                 "photo_sha256": photo["sha256"],
                 "model_id": self.model_id,
+                "basis": basis,
                 "enrolled_at": now,
             }
             points.append((point_id(identity, photo["sha256"]), vector.tolist(), payload))
@@ -117,6 +124,13 @@ class Gallery(ABC):
             row["photos"] += 1
             row["enrolled_at"] = min(row["enrolled_at"] or "", payload.get("enrolled_at") or "")
         return sorted(rows.values(), key=lambda r: r["identity"])
+
+    def show(self, identity: str) -> list[dict[str, Any]]:
+        """Everything stored about ``identity``: one payload per enrolled photo."""
+        return sorted(
+            (p for p in self._payloads() if p.get("identity") == identity),
+            key=lambda p: (p.get("enrolled_at") or "", p.get("photo") or ""),
+        )
 
     def _check_dim(self, embeddings: np.ndarray) -> None:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:

@@ -15,7 +15,7 @@ import pytest
 from facestream.demo import no_face_png
 from streams.clients import ImageToSend
 from streams.enrollment import EnrollmentRequest, Photo
-from tests.conftest import Pipeline, unique
+from tests.conftest import BASIS, Pipeline, unique
 
 pytestmark = pytest.mark.integration
 SCHEMAS = Path(__file__).parents[2] / "facestream" / "schemas"
@@ -101,7 +101,11 @@ def test_enrolment_is_acknowledged_and_bad_photos_are_refused(
 ) -> None:
     def enroll(*photos: tuple[str, bytes]) -> dict:
         req = EnrollmentRequest(
-            "enroll", unique("person"), "Someone", tuple(Photo(n, d) for n, d in photos)
+            "enroll",
+            unique("person"),
+            "Someone",
+            tuple(Photo(n, d) for n, d in photos),
+            basis=BASIS,
         )
         return pipeline.enroll(req)
 
@@ -131,6 +135,7 @@ def test_deleted_person_is_no_longer_matched(pipeline: Pipeline, samples: Path) 
             identity,
             "Joe Biden",
             (Photo("biden.jpg", (samples / "biden.jpg").read_bytes()),),
+            basis=BASIS,
         )
     )
     assert enrolled["ok"]

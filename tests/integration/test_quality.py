@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 
 from streams.clients import ImageToSend
 from streams.enrollment import EnrollmentRequest, Photo
-from tests.conftest import Pipeline, unique
+from tests.conftest import BASIS, Pipeline, unique
 from tests.integration.test_pipeline import validate
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def test_enrolment_applies_stricter_gates_than_search(pipeline: Pipeline, sample
     # Mildly blurred: good enough to be searched, not to define a person.
     data = blurred(samples, 4)
     reply = pipeline.enroll(
-        EnrollmentRequest("enroll", unique("soft"), None, (Photo("soft.jpg", data),))
+        EnrollmentRequest("enroll", unique("soft"), None, (Photo("soft.jpg", data),), basis=BASIS)
     )
     assert not reply["ok"] and reply["error"]["reason"] == "blurry"
     assert reply["error"]["photo"] == "soft.jpg"

@@ -19,7 +19,7 @@ from facestream.events import ImageMeta, encode
 from facestream.imaging import ImageRejected
 from facestream.settings import Settings
 from streams.enrollment import EnrollmentRequest, Photo
-from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
+from streams.processor import ActorCalls, EnrollmentProcessor, EnrollmentResult, ImageProcessor
 from streams.records import ImageMessage
 
 DIM = 4
@@ -27,6 +27,7 @@ SETTINGS = Settings().override(retry__backoff_s=0.0)
 SCHEMAS = Path(facestream.events.__file__).parent / "schemas"
 MATCH = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "match-event.v1.json").read_text()))
 DLQ = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "dlq-event.v1.json").read_text()))
+AUDIT = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "audit-event.v1.json").read_text()))
 
 
 class Method:
@@ -58,6 +59,12 @@ class FakeGallery:
         )
         self.add = Method(lambda *args: ["point-id"])
         self.delete = Method(lambda identity: removed)
+        self.show = Method(
+            lambda identity: [
+                {"identity": identity, "photo": p, "basis": "consent:ref-1"}
+                for p in ("b.jpg", "a.jpg")
+            ][:removed]
+        )
 
 
 def faces(*codes: int) -> ImageFaces:
@@ -88,6 +95,12 @@ def process(proc: ImageProcessor, *messages: ImageMessage) -> list[Any]:
     outcomes = asyncio.run(proc.process(list(messages)))
     for o in outcomes:
         (MATCH if o.kind == "match" else DLQ).validate(json.loads(encode(o.event)))
+        AUDIT.validate(json.loads(encode(o.audit)))  # one audit record per image, too
+        assert o.audit["image_id"] == o.key
+        if o.kind == "match":
+            assert [d["decision"] for d in o.audit["decisions"]] == [
+                f["decision"] for f in o.event["faces"]
+            ]
     return outcomes
 
 
@@ -226,13 +239,27 @@ def test_unreachable_gallery_is_waited_for_not_turned_into_dlq_events() -> None:
 # -- enrolment ------------------------------------------------------------------------------
 
 
+def enrollment(
+    model: FakeModel, gallery: FakeGallery, raw: bytes | None, settings: Settings = SETTINGS
+) -> EnrollmentResult | None:
+    proc = EnrollmentProcessor(settings, ActorCalls(settings, actors(model, gallery=gallery)))
+    result = asyncio.run(proc.process(raw))
+    if result is not None:
+        AUDIT.validate(json.loads(encode(result.audit)))
+    return result
+
+
 def enroll(model: FakeModel, gallery: FakeGallery, raw: bytes | None) -> dict[str, Any] | None:
-    proc = EnrollmentProcessor(SETTINGS, ActorCalls(SETTINGS, actors(model, gallery=gallery)))
-    return asyncio.run(proc.process(raw))
+    result = enrollment(model, gallery, raw)
+    return result.ack if result else None
 
 
-def enrol_request(*photos: tuple[str, bytes]) -> EnrollmentRequest:
-    return EnrollmentRequest("enroll", "ana", "Ana", tuple(Photo(n, d) for n, d in photos), "r1")
+def enrol_request(
+    *photos: tuple[str, bytes], basis: str | None = "consent:ref-1"
+) -> EnrollmentRequest:
+    return EnrollmentRequest(
+        "enroll", "ana", "Ana", tuple(Photo(n, d) for n, d in photos), "r1", basis
+    )
 
 
 PHOTOS = {b"one": faces(1), b"none": faces(), b"two": faces(1, 2), b"one-b": faces(4)}
@@ -273,24 +300,40 @@ def test_enrolment_with_one_face_per_photo_adds_to_the_gallery() -> None:
     assert reply["ok"] is True and reply["error"] is None
     assert (reply["request_id"], reply["identity"], reply["photos"]) == ("r1", "ana", 2)
     assert reply["model"] == "fake-model"
-    [(identity, name, embeddings, photos)] = gallery.add.calls
-    assert (identity, name) == ("ana", "Ana")
+    [(identity, name, embeddings, photos, basis)] = gallery.add.calls
+    assert (identity, name, basis) == ("ana", "Ana", "consent:ref-1")
     assert embeddings.shape == (2, DIM) and embeddings[:, 0].tolist() == [1, 4]
     assert photos == [{"name": p.name, "sha256": p.sha256} for p in req.photos]
 
 
-def test_delete_returns_removed_count() -> None:
-    gallery, model = FakeGallery(removed=3), by_blob({})
+def test_delete_reports_what_it_removed_and_tombstones_the_identity() -> None:
+    gallery, model = FakeGallery(removed=2), by_blob({})
     raw = EnrollmentRequest("delete", "ana", request_id="r2").encode()
-    reply = enroll(model, gallery, raw)
+    result = enrollment(model, gallery, raw)
+    reply = result.ack
     assert (reply["ok"], reply["op"], reply["removed"], reply["request_id"]) == (
         True,
         "delete",
-        3,
+        2,
         "r2",
     )
+    assert reply["photos"] == ["a.jpg", "b.jpg"] and reply["tombstoned"] is True
+    assert result.tombstone == "ana"
+    assert (result.audit["kind"], result.audit["basis"]) == ("deletion", "consent:ref-1")
     assert gallery.delete.calls == [("ana",)]
     assert model.analyze.calls == []
+
+
+def test_enrolment_without_a_legal_basis_is_refused_unless_waived() -> None:
+    raw = enrol_request(("a.jpg", b"one"), basis=None).encode()
+    gallery = FakeGallery()
+    refused = enrollment(by_blob(PHOTOS), gallery, raw)
+    assert refused.ack["error"]["reason"] == "missing_basis" and gallery.add.calls == []
+    assert refused.audit["kind"] == "enrolment_refused"
+    waived = SETTINGS.override(privacy__require_basis=False)
+    accepted = enrollment(by_blob(PHOTOS), gallery, raw, waived)
+    assert accepted.ack["ok"] and accepted.audit["kind"] == "enrolment"
+    assert accepted.audit["photos"] == ["a.jpg"] and accepted.tombstone is None
 
 
 def test_malformed_record_is_acknowledged_as_bad_request() -> None:

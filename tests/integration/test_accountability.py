@@ -1,0 +1,118 @@
+"""Accountable by design, on the real stack: audit records for every decision and change,
+erasure that leaves nothing live (gallery and enrolment log), a recorded legal basis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from streams.clients import ImageToSend, tail
+from streams.enrollment import EnrollmentRequest, Photo
+from tests.conftest import BASIS, Pipeline, unique
+
+pytestmark = pytest.mark.integration
+AUDIT_SCHEMA = json.loads(
+    (Path(__file__).parents[2] / "facestream/schemas/audit-event.v1.json").read_text()
+)
+
+
+def cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **pipeline.settings.env(), **pipeline.stack.worker_env}
+    return subprocess.run(
+        [sys.executable, "-m", "facestream.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def show(pipeline: Pipeline, identity: str) -> dict:
+    out = cli(pipeline, "identities", "show", identity, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def audit_records(pipeline: Pipeline, keys: set[str]) -> list[dict]:
+    async def read() -> list[dict]:
+        found = []
+        async with tail(pipeline.settings, [pipeline.settings.topics.audit], True) as c:
+            for _ in range(20):
+                for records in (await c.getmany(timeout_ms=500)).values():
+                    found += [json.loads(r.value) for r in records if r.key.decode() in keys]
+        return found
+
+    return asyncio.run(read())
+
+
+def test_erasure_leaves_no_vector_payload_or_live_enrolment_record(
+    pipeline: Pipeline, samples: Path
+) -> None:
+    identity = unique("biden")
+    photo = Photo("biden.jpg", (samples / "biden.jpg").read_bytes())
+    enrolled = pipeline.enroll(
+        EnrollmentRequest("enroll", identity, "Joe Biden", (photo,), basis=BASIS)
+    )
+    assert enrolled["ok"] and enrolled["basis"] == BASIS
+    before = show(pipeline, identity)
+    assert [(g["photo"], g["basis"]) for g in before["gallery"]] == [("biden.jpg", BASIS)]
+    assert [(r["op"], r["photos"]) for r in before["enrollment_log"]] == [("enroll", 1)]
+    query = ImageToSend(unique("biden2"), (samples / "biden2.jpg").read_bytes(), "test")
+    assert pipeline.one(query)[1]["faces"][0]["identity"] == identity
+
+    deleted = pipeline.enroll(EnrollmentRequest("delete", identity))
+    assert (deleted["removed"], deleted["photos"], deleted["tombstoned"]) == (
+        1,
+        ["biden.jpg"],
+        True,
+    )
+    after = show(pipeline, identity)
+    assert after["gallery"] == []
+    log = after["enrollment_log"]
+    # The last record under the person's key is a tombstone: compaction drops the rest.
+    assert log[-1]["tombstone"] and all(r["offset"] < log[-1]["offset"] for r in log[:-1])
+    again = ImageToSend(unique("biden2"), (samples / "biden2.jpg").read_bytes(), "test")
+    face = pipeline.one(again)[1]["faces"][0]
+    assert face["decision"] == "unknown" and identity not in str(face["candidates"])
+
+    changes = audit_records(pipeline, {identity})
+    for record in changes:
+        jsonschema.validate(record, AUDIT_SCHEMA)
+    assert [(r["kind"], r["basis"], r["photos"]) for r in changes] == [
+        ("enrolment", BASIS, ["biden.jpg"]),
+        ("deletion", BASIS, ["biden.jpg"]),
+    ]
+
+
+def test_audit_topic_holds_one_record_per_decision(pipeline: Pipeline, samples: Path) -> None:
+    images = [
+        ImageToSend(unique(n.split(".")[0]), (samples / n).read_bytes(), "test")
+        for n in ("obama2.jpg", "t1.jpg", "players.jpg")
+    ]
+    images.append(ImageToSend(unique("junk"), b"not a photo", "test"))
+    results = pipeline.run(images)
+    records = audit_records(pipeline, set(results))
+    assert sorted(r["image_id"] for r in records) == sorted(results)  # exactly one each
+    for record in records:
+        jsonschema.validate(record, AUDIT_SCHEMA)
+        kind, event = results[record["image_id"]]
+        assert "bbox" not in json.dumps(record)  # decisions only, no face geometry or pixels
+        if kind == "dlq":
+            assert (record["kind"], record["reason"]) == ("rejection", "not_an_image")
+        else:
+            assert record["model"] == event["model"] and record["threshold"] == 0.4
+            assert [d["identity"] for d in record["decisions"]] == [
+                f["identity"] for f in event["faces"]
+            ]
+
+
+def test_enrolment_without_a_basis_is_refused_by_the_cli(pipeline: Pipeline, samples: Path) -> None:
+    out = cli(pipeline, "enroll", unique("nobody"), str(samples / "biden.jpg"))
+    assert out.returncode == 2 and "--basis" in out.stderr
