@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.gallery import Candidate, open_gallery
+from actors.gallery import Candidate, gallery_folder, model_slug, open_gallery
 from actors.gallery.edge import OWNER_FILE
 from actors.models import ImageFaces, load_face_model
 from facestream.imaging import ImageRejected
@@ -48,7 +48,7 @@ class ModelActor:
 @ray.remote
 class GalleryActor:
     def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
-        self.gallery = open_gallery(settings, model_id, dim)
+        self.gallery = open_gallery(settings, model_id, dim, must_be_current=True)
         if settings.gallery.backend == "edge":
             # Tells CLI processes, which may not open the shard, where its owner runs.
             owner = {
@@ -56,7 +56,7 @@ class GalleryActor:
                 "ray_auth_token_path": os.environ.get("RAY_AUTH_TOKEN_PATH"),
                 "pid": os.getpid(),
             }
-            (settings.gallery.path / OWNER_FILE).write_text(json.dumps(owner))
+            (gallery_folder(settings, model_id) / OWNER_FILE).write_text(json.dumps(owner))
 
     def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
         if len(embeddings) == 0:
@@ -124,14 +124,17 @@ def connect_ray(settings: Settings) -> None:
         sys.stdout, sys.stderr = saved
 
 
-def actor_names(settings: Settings) -> tuple[list[str], str]:
-    app = settings.kafka.app_id
-    return [f"{app}-model-{i}" for i in range(settings.ray.model_replicas)], f"{app}-gallery"
+def model_actor_names(settings: Settings) -> list[str]:
+    return [f"{settings.kafka.app_id}-model-{i}" for i in range(settings.ray.model_replicas)]
+
+
+def gallery_actor_name(settings: Settings, model_id: str) -> str:
+    """One gallery actor per model: during a model change both generations run side by side."""
+    return f"{settings.kafka.app_id}-gallery-{model_slug(model_id)}"
 
 
 def ensure_actors(settings: Settings) -> Actors:
     """Find the deployment's actors, creating any that do not exist yet (idempotent)."""
-    model_names, gallery_name = actor_names(settings)
     models = [
         ModelActor.options(
             name=name,
@@ -143,11 +146,11 @@ def ensure_actors(settings: Settings) -> Actors:
             max_task_retries=2,
             scheduling_strategy="SPREAD",
         ).remote(settings)
-        for name in model_names
+        for name in model_actor_names(settings)
     ]
     info = ray.get(models[0].info.remote())
     gallery = GalleryActor.options(
-        name=gallery_name,
+        name=gallery_actor_name(settings, info["model_id"]),
         get_if_exists=True,
         lifetime="detached",
         num_cpus=0,
@@ -159,6 +162,6 @@ def ensure_actors(settings: Settings) -> Actors:
     return Actors(models, gallery, info["model_id"], info["embedding_dim"], info["providers"])
 
 
-def find_gallery(settings: Settings) -> Any:
+def find_gallery(settings: Settings, model_id: str) -> Any:
     """The running deployment's gallery actor (raises ValueError when there is none)."""
-    return ray.get_actor(actor_names(settings)[1], namespace=settings.ray.namespace)
+    return ray.get_actor(gallery_actor_name(settings, model_id), namespace=settings.ray.namespace)

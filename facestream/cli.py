@@ -343,6 +343,19 @@ def samples(eval_set: Path | None) -> None:
 
 
 @main.command()
+def reindex() -> None:
+    """Rebuild the gallery for the configured model from the enrolment log, then switch to it.
+
+    Run it with the new model's settings (e.g. FACESTREAM_MODEL__FOLDER); then restart the
+    workers with the same settings. Until then they keep serving the old gallery.
+    """
+    from facestream.reindex import reindex as run
+
+    summary = asyncio.run(run(_settings()))
+    console.print(kv_table("reindexed; the current gallery is now this model's", summary))
+
+
+@main.command()
 def topics() -> None:
     """Create the deployment's topics if missing (production initialisation)."""
     from streams.topics import ensure_topics, topic_specs

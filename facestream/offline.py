@@ -9,7 +9,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from actors.gallery import Gallery, open_gallery
+from actors.gallery import Gallery, current_model, gallery_folder, open_gallery
 from actors.models import load_face_model
 from facestream.decisions import Decision, SearchPlan
 from facestream.events import ImageMeta, dlq_event, match_event
@@ -26,10 +26,15 @@ class OfflineIdentifier:
         self.settings = settings
         self.model = load_face_model(settings)
         self.gallery: Gallery | None = None
-        if settings.gallery.backend == "server" or settings.gallery.path.exists():
-            self.gallery = open_gallery(settings, self.model.model_id, self.model.embedding_dim)
-        else:
-            log.warning("no gallery at %s: every face will be unknown", settings.gallery.path)
+        current = current_model(settings)
+        if current == self.model.model_id:
+            self.gallery = open_gallery(settings, current, self.model.embedding_dim)
+        else:  # never create or switch a gallery from here
+            log.warning(
+                "no gallery of model %s (current: %s): every face will be unknown",
+                self.model.model_id,
+                current,
+            )
         self.decision = Decision(self.model.model_id, settings.matching.threshold)
 
     def identify(self, image_id: str, data: bytes) -> dict[str, Any]:
@@ -74,13 +79,13 @@ def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
         gallery.close()
 
 
-def _owner_address(settings: Settings) -> str | None:
-    """The Ray cluster whose gallery actor owns the configured gallery, if any."""
+def _owner_address(settings: Settings, model_id: str) -> str | None:
+    """The Ray cluster whose gallery actor owns the current gallery, if any."""
     from actors.gallery.edge import OWNER_FILE
 
     if settings.ray.address:
         return settings.ray.address
-    owner_file = settings.gallery.path / OWNER_FILE
+    owner_file = gallery_folder(settings, model_id) / OWNER_FILE
     if settings.gallery.backend != "edge" or not owner_file.exists():
         return None
     owner = json.loads(owner_file.read_text())
@@ -92,7 +97,10 @@ def _owner_address(settings: Settings) -> str | None:
 
 
 def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
-    address = _owner_address(settings)  # before importing ray: it reads RAY_AUTH_* at import
+    model_id = current_model(settings)
+    if model_id is None:
+        return None
+    address = _owner_address(settings, model_id)  # before importing ray: it reads RAY_AUTH_*
     if address is None:
         return None
     import ray
@@ -109,7 +117,7 @@ def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
     except (ConnectionError, RuntimeError):
         return None  # the owner is gone: the gallery can be opened directly
     try:
-        return ray.get(getattr(find_gallery(settings), method).remote(*args))
+        return ray.get(getattr(find_gallery(settings, model_id), method).remote(*args))
     except ValueError:
         print("no running deployment found in Ray; reading the gallery directly", file=sys.stderr)
         return None

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from facestream.settings import Settings
 from streams.enrollment import EnrollmentRequest
@@ -144,28 +144,30 @@ def outcome_topics(settings: Settings) -> list[str]:
     return [settings.topics.matches, settings.topics.dlq]
 
 
+async def read_to_end(
+    settings: Settings, topic: str, timeout_s: float = 60.0
+) -> AsyncIterator[ConsumerRecord]:
+    """Every record of ``topic`` from the beginning to its current end, then stop."""
+    async with tail(settings, [topic], from_beginning=True) as c:
+        end = await c.end_offsets(list(c.assignment()))
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp, offset in end.items() if await c.position(tp) < offset]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f}s")
+            for records in (await c.getmany(timeout_ms=500)).values():
+                for rec in records:
+                    yield rec
+
+
 async def enrollment_records(settings: Settings, identity: str) -> list[dict[str, Any]]:
     """What the enrolment log still holds under ``identity``'s key (photos are not shown)."""
     out = []
-    async with tail(settings, [settings.topics.enrollments], from_beginning=True) as c:
-        end = await c.end_offsets(list(c.assignment()))
-        deadline = time.monotonic() + 30
-        while [tp for tp, offset in end.items() if await c.position(tp) < offset]:
-            if time.monotonic() > deadline:
-                raise TimeoutError("could not read the enrolment log to its end")
-            batch = await c.getmany(timeout_ms=500)
-            for records in batch.values():
-                for rec in records:
-                    if rec.key != identity.encode():
-                        continue
-                    row = {
-                        "offset": rec.offset,
-                        "tombstone": rec.value is None,
-                        "op": None,
-                        "photos": None,
-                    }
-                    if rec.value is not None:
-                        doc = json.loads(rec.value)
-                        row |= {"op": doc.get("op"), "photos": len(doc.get("photos") or [])}
-                    out.append(row)
+    async for rec in read_to_end(settings, settings.topics.enrollments):
+        if rec.key != identity.encode():
+            continue
+        row = {"offset": rec.offset, "tombstone": rec.value is None, "op": None, "photos": None}
+        if rec.value is not None:
+            doc = json.loads(rec.value)
+            row |= {"op": doc.get("op"), "photos": len(doc.get("photos") or [])}
+        out.append(row)
     return out

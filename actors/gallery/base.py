@@ -58,10 +58,12 @@ class Gallery(ABC):
         self.dim = dim
 
     def _bind_model(self, stored: str | None, stored_dim: int | None) -> None:
+        if self.dim is None:
+            self.dim = stored_dim
         if self.model_id is None:
             if stored is None:
                 raise GalleryError("no gallery here yet (nothing has been enrolled)")
-            self.model_id, self.dim = stored, stored_dim
+            self.model_id = stored
         elif stored is not None and stored != self.model_id:
             raise ModelMismatch(
                 f"gallery holds embeddings of model {stored!r}; this worker runs "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.gallery.edge import EdgeGallery
+from actors.gallery import open_gallery
 from facestream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 def test_identify_prints_one_json_line_per_image(face_model, samples: Path, tmp_path: Path) -> None:
     gallery_dir = tmp_path / "gallery"
     (obama,) = face_model.analyze_bytes([(samples / "obama.jpg").read_bytes()], Settings().limits)
-    g = EdgeGallery(gallery_dir, face_model.model_id, face_model.embedding_dim)
+    settings = Settings().override(gallery__path=gallery_dir, gallery__backend="edge")
+    g = open_gallery(settings, face_model.model_id, face_model.embedding_dim)
     g.add("obama", "Barack Obama", obama.embeddings, [{"name": "obama.jpg", "sha256": "x"}])
     g.close()
     (tmp_path / "notes.jpg").write_bytes(b"not a photo")
