@@ -19,6 +19,7 @@ import ray
 
 from actors.gallery import Candidate, gallery_folder, model_slug, open_gallery
 from actors.gallery.edge import OWNER_FILE
+from actors.gallery.sightings import Sightings
 from actors.models import ImageFaces, load_face_model
 from facestream.imaging import ImageRejected
 from facestream.settings import Settings
@@ -49,6 +50,7 @@ class ModelActor:
 class GalleryActor:
     def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
         self.gallery = open_gallery(settings, model_id, dim, must_be_current=True)
+        self.sightings = Sightings(settings, model_id, dim) if settings.sightings.enabled else None
         if settings.gallery.backend == "edge":
             # Tells CLI processes, which may not open the shard, where its owner runs.
             owner = {
@@ -75,6 +77,15 @@ class GalleryActor:
 
     def show(self, identity: str) -> list[dict[str, Any]]:
         return self.gallery.show(identity)
+
+    def record_sightings(self, embeddings: np.ndarray, metas: list[dict[str, Any]]) -> int:
+        return self.sightings.record(embeddings, metas) if self.sightings else 0
+
+    def search_sightings(self, embedding: np.ndarray, limit: int) -> list[dict[str, Any]]:
+        return self.sightings.search(embedding, limit) if self.sightings else []
+
+    def purge_sightings(self) -> int:
+        return self.sightings.purge() if self.sightings else 0
 
     def delete(self, identity: str) -> int:
         return self.gallery.delete(identity)

@@ -176,6 +176,21 @@ class PrivacySettings(Group):
     require_basis: bool = True
 
 
+class SightingsSettings(Group):
+    """Opt-in: keep unknown faces, to search them later. Off by default (nothing is stored
+    about people who are not enrolled); when on, every sighting expires after ``ttl_s``."""
+
+    enabled: bool = False
+    ttl_s: float | None = None  # mandatory when enabled
+    purge_interval_s: float = 60.0
+
+    @model_validator(mode="after")
+    def _check(self) -> SightingsSettings:
+        if self.enabled and not (self.ttl_s and self.ttl_s > 0):
+            raise ValueError("sightings.enabled needs a positive sightings.ttl_s (retention)")
+        return self
+
+
 class MetricsSettings(Group):
     # Bound to localhost unless configured: metrics reveal traffic patterns.
     host: str = "127.0.0.1"
@@ -208,6 +223,7 @@ class Settings(BaseSettings):
     gallery: GallerySettings = GallerySettings()
     ray: RaySettings = RaySettings()
     privacy: PrivacySettings = PrivacySettings()
+    sightings: SightingsSettings = SightingsSettings()
     metrics: MetricsSettings = MetricsSettings()
     cache_dir: Path = Field(default_factory=_cache_home)
     log_level: str = "info"

@@ -122,6 +122,15 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
                 sends.append((enrollments, result.tombstone, None))
             await deliver([*sends, (acks, reply["request_id"], encode(reply))])
 
+    if settings.sightings.enabled:
+
+        @app.timer(interval=settings.sightings.purge_interval_s)
+        async def purge_sightings() -> None:
+            """Retention: expired sightings are deleted (idempotent; every worker may run it)."""
+            removed = await calls.gallery("purge_sightings")
+            if removed:
+                log.info("purged %d expired sightings", removed)
+
     return app
 
 

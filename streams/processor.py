@@ -123,6 +123,7 @@ class ImageProcessor:
         )
         per_image = iter(zip(plan.candidates(found), plan.reasons, strict=True))
         out: dict[int, Outcome] = {}
+        unknown: list[tuple[np.ndarray, dict[str, Any]]] = []
         for i, msg, result in zip(index, messages, results, strict=True):
             if isinstance(result, ImageRejected):
                 out[i] = self._dlq(msg, result.reason, result.message)
@@ -130,6 +131,14 @@ class ImageProcessor:
             candidates, reasons = next(per_image)
             event = match_event(msg.meta, result, candidates, self.decision, reasons)
             out[i] = Outcome("match", msg.meta.image_id, event, audit.identification(event))
+            unknown += [
+                (vector, {"image_id": msg.meta.image_id, "source": msg.meta.source})
+                for vector, face in zip(result.embeddings, event["faces"], strict=True)
+                if face["decision"] == "unknown"
+            ]
+        if unknown and self.settings.sightings.enabled:  # opt-in; nothing kept otherwise
+            vectors, metas = zip(*unknown, strict=True)
+            await self.calls.gallery("record_sightings", np.stack(vectors), list(metas))
         return out
 
     def _dlq(self, msg: ImageMessage, reason: str, message: str) -> Outcome:

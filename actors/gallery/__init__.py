@@ -112,17 +112,20 @@ def open_gallery(
     return gallery
 
 
-def open_model_gallery(settings: Any, model_id: str, dim: int | None) -> Gallery:
-    """``model_id``'s physical gallery, whether or not it is the current one."""
+def open_model_gallery(
+    settings: Any, model_id: str, dim: int | None, kind: str = "faces"
+) -> Gallery:
+    """``model_id``'s physical gallery, whether or not it is the current one. ``kind``
+    "sightings" is the separate, opt-in store of unknown faces."""
     g = settings.gallery
+    name = model_slug(model_id) if kind == "faces" else f"{kind}-{model_slug(model_id)}"
     if g.backend == "server":
         from actors.gallery.server import ServerGallery
 
-        name = f"{g.collection}-{model_slug(model_id)}"
-        return ServerGallery(g.url, name, model_id, dim, api_key=g.api_key)
+        return ServerGallery(g.url, f"{g.collection}-{name}", model_id, dim, api_key=g.api_key)
     from actors.gallery.edge import EdgeGallery
 
-    return EdgeGallery(g.path / model_slug(model_id), model_id, dim, hnsw_ef=g.hnsw_ef)
+    return EdgeGallery(g.path / name, model_id, dim, hnsw_ef=g.hnsw_ef)
 
 
 def gallery_folder(settings: Any, model_id: str) -> Any:

@@ -149,9 +149,33 @@ class Gallery(ABC):
     @abstractmethod
     def _payloads(self) -> list[dict[str, Any]]: ...
 
-    @abstractmethod
     def delete(self, identity: str) -> int:
         """Remove every point of ``identity``; returns how many were removed."""
+        return self._delete_where(self._equals("identity", identity))
+
+    def purge_expired(self, now: float) -> int:
+        """Remove every point whose ``expires_at`` (epoch seconds) is before ``now``."""
+        return self._delete_where(self._before("expires_at", now))
+
+    def add_points(self, embeddings: np.ndarray, payloads: list[dict[str, Any]]) -> list[str]:
+        """Store anonymous points (sightings): random ids, the given payloads."""
+        self._check_dim(embeddings)
+        ids = [str(uuid.uuid4()) for _ in payloads]
+        self._upsert(list(zip(ids, embeddings.tolist(), payloads, strict=True)))
+        return ids
+
+    def nearest(self, embedding: np.ndarray, limit: int) -> list[tuple[float, dict[str, Any]]]:
+        """The ``limit`` nearest points with their payloads (no grouping by identity)."""
+        return [(h.score, h.payload) for h in self._query(embedding.tolist(), limit)]
+
+    @abstractmethod
+    def _equals(self, field: str, value: str) -> Any: ...
+
+    @abstractmethod
+    def _before(self, field: str, value: float) -> Any: ...
+
+    @abstractmethod
+    def _delete_where(self, flt: Any) -> int: ...
 
     @abstractmethod
     def size(self) -> int:

@@ -69,8 +69,11 @@ class EdgeGallery(Gallery):
         )
         return [Hit(h.score, dict(h.payload or {})) for h in hits]
 
-    def _identity_filter(self, identity: str) -> qe.Filter:
-        return qe.Filter(must=[qe.FieldCondition(key="identity", match=qe.MatchValue(identity))])
+    def _equals(self, field: str, value: str) -> qe.Filter:
+        return qe.Filter(must=[qe.FieldCondition(key=field, match=qe.MatchValue(value))])
+
+    def _before(self, field: str, value: float) -> qe.Filter:
+        return qe.Filter(must=[qe.FieldCondition(key=field, range=qe.RangeFloat(lt=value))])
 
     def _payloads(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -83,8 +86,7 @@ class EdgeGallery(Gallery):
             if offset is None:
                 return out
 
-    def delete(self, identity: str) -> int:
-        flt = self._identity_filter(identity)
+    def _delete_where(self, flt: qe.Filter) -> int:
         removed = self.shard.count(qe.CountRequest(filter=flt, exact=True))
         if removed:
             self.shard.update(qe.UpdateOperation.delete_points_by_filter(flt))

@@ -68,10 +68,11 @@ class ServerGallery(Gallery):
         )
         return [Hit(p.score, dict(p.payload or {})) for p in res.points]
 
-    def _identity_filter(self, identity: str) -> qm.Filter:
-        return qm.Filter(
-            must=[qm.FieldCondition(key="identity", match=qm.MatchValue(value=identity))]
-        )
+    def _equals(self, field: str, value: str) -> qm.Filter:
+        return qm.Filter(must=[qm.FieldCondition(key=field, match=qm.MatchValue(value=value))])
+
+    def _before(self, field: str, value: float) -> qm.Filter:
+        return qm.Filter(must=[qm.FieldCondition(key=field, range=qm.Range(lt=value))])
 
     def _payloads(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -84,8 +85,7 @@ class ServerGallery(Gallery):
             if offset is None:
                 return out
 
-    def delete(self, identity: str) -> int:
-        flt = self._identity_filter(identity)
+    def _delete_where(self, flt: qm.Filter) -> int:
         removed = self.client.count(self.collection, count_filter=flt, exact=True).count
         if removed:
             self.client.delete(

@@ -106,3 +106,38 @@ def test_wrong_embedding_size_is_refused(open_at: Opener) -> None:
     with pytest.raises(GalleryError, match="expected"):
         g.search(np.zeros((1, 128), np.float32), 3)
     g.close()
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_sighting_older_than_its_ttl_is_gone_after_the_purge(
+    backend: str, tmp_path: Path, embeddings: dict[str, np.ndarray]
+) -> None:
+    from actors.gallery.sightings import Sightings
+
+    settings = Settings().override(
+        gallery__backend=backend,
+        gallery__path=tmp_path / "g",
+        gallery__url=f"path:{tmp_path}/q",
+        sightings__enabled=True,
+        sightings__ttl_s=3600.0,
+    )
+    store = Sightings(settings, MODEL, 512)
+    t0 = 1_000_000.0
+    store.record(embeddings["biden2.jpg"], [{"image_id": "cam/1/7", "source": "cam"}], now=t0)
+    store.record(
+        embeddings["obama2.jpg"], [{"image_id": "cam/1/9", "source": "cam"}], now=t0 + 1800
+    )
+    (hit, *_) = store.search(embeddings["biden.jpg"][0], 5, now=t0 + 60)
+    assert hit["image_id"] == "cam/1/7" and hit["expires_at"] == t0 + 3600
+    # Past its TTL a sighting is never returned, and the purge deletes it for good.
+    assert [h["image_id"] for h in store.search(embeddings["biden.jpg"][0], 5, now=t0 + 3601)] == [
+        "cam/1/9"
+    ]
+    assert store.purge(now=t0 + 3601) == 1 and store.size() == 1
+    assert store.purge(now=t0 + 3601) == 0
+    store.close()
+
+
+def test_sightings_need_a_retention_period() -> None:
+    with pytest.raises(ValueError, match="ttl_s"):
+        Settings().override(sightings__enabled=True)

@@ -357,3 +357,22 @@ def test_tombstone_gives_no_reply() -> None:
     gallery = FakeGallery()
     assert enroll(by_blob({}), gallery, None) is None
     assert gallery.add.calls == gallery.delete.calls == []
+
+
+def test_unknown_faces_are_kept_only_when_sightings_are_enabled() -> None:
+    def gallery_with_sightings() -> FakeGallery:
+        gallery = FakeGallery()
+        gallery.record_sightings = Method(lambda emb, metas: len(metas))
+        return gallery
+
+    # Face code 1 -> similarity 0.1: unknown; code 9 -> 0.9: a match.
+    model = by_blob({b"a": faces(1, 9)})
+    off = gallery_with_sightings()
+    process(image_processor(actors(model, gallery=off)), msg("A", b"a"))
+    assert off.record_sightings.calls == []  # the default: nothing stored about strangers
+
+    on = gallery_with_sightings()
+    settings = SETTINGS.override(sightings__enabled=True, sightings__ttl_s=60.0)
+    process(image_processor(actors(model, gallery=on), settings), msg("A", b"a"))
+    [(vectors, metas)] = on.record_sightings.calls
+    assert vectors[:, 0].tolist() == [1] and metas == [{"image_id": "A", "source": "cam"}]
