@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +28,27 @@ from facestream.settings import Settings
 log = logging.getLogger(__name__)
 
 
+STAGE_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+
+
+def _stage_histogram() -> Any:
+    """Actor-side stage timings, exported by the Ray node as ray_facestream_actor_stage_seconds."""
+    from ray.util.metrics import Histogram
+
+    return Histogram(
+        "facestream_actor_stage_seconds",
+        "Time per batch in each actor stage",
+        boundaries=STAGE_BOUNDARIES,
+        tag_keys=("stage",),
+    )
+
+
 @ray.remote
 class ModelActor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model = load_face_model(settings)
+        self.stage = _stage_histogram()
 
     def info(self) -> dict[str, Any]:
         return {
@@ -43,7 +60,10 @@ class ModelActor:
         }
 
     def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
-        return self.model.analyze_bytes(blobs, self.settings.limits)
+        results = self.model.analyze_bytes(blobs, self.settings.limits)
+        for stage, seconds in self.model.last_timings.items():
+            self.stage.observe(seconds, tags={"stage": stage})
+        return results
 
 
 @ray.remote
@@ -51,6 +71,7 @@ class GalleryActor:
     def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
         self.gallery = open_gallery(settings, model_id, dim, must_be_current=True)
         self.sightings = Sightings(settings, model_id, dim) if settings.sightings.enabled else None
+        self.stage = _stage_histogram()
         if settings.gallery.backend == "edge":
             # Tells CLI processes, which may not open the shard, where its owner runs.
             owner = {
@@ -63,7 +84,10 @@ class GalleryActor:
     def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
         if len(embeddings) == 0:
             return []
-        return self.gallery.search(embeddings, top_k)
+        started = time.perf_counter()
+        found = self.gallery.search(embeddings, top_k)
+        self.stage.observe(time.perf_counter() - started, tags={"stage": "gallery_search"})
+        return found
 
     def add(
         self,
@@ -130,6 +154,11 @@ def connect_ray(settings: Settings) -> None:
             num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
             include_dashboard=False,
             log_to_driver=False,
+            **(
+                {"_metrics_export_port": settings.ray.metrics_export_port}
+                if settings.ray.address is None and settings.ray.metrics_export_port
+                else {}
+            ),
         )
     finally:
         sys.stdout, sys.stderr = saved

@@ -231,9 +231,16 @@ class RayNode(ChildProcess):
 
 
 class Worker(ChildProcess):
-    """``facestream worker`` with the given settings (it starts or joins Ray by itself)."""
+    """``facestream worker`` with the given settings (it starts or joins Ray by itself).
+
+    Each local worker gets its own free metrics ports, so that several run side by side.
+    """
 
     def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None):
+        self.metrics_port, self.ray_metrics_port = free_port(), free_port()
+        settings = settings.override(
+            metrics__port=self.metrics_port, ray__metrics_export_port=self.ray_metrics_port
+        )
         env = {**settings.env(), **(extra_env or {})}
         super().__init__([sys.executable, "-m", "facestream.cli", "worker"], log_path, env)
 

@@ -18,6 +18,7 @@ async def retry(
     attempts: int | None,
     backoff_s: float,
     max_backoff_s: float = 10.0,
+    on_failure: Callable[[Exception], None] | None = None,
 ) -> T:
     """Await ``call()`` until it succeeds; ``attempts=None`` retries for ever."""
     attempt = 0
@@ -28,6 +29,8 @@ async def retry(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # Ray and Kafka surface transient failures as many types
+            if on_failure is not None:
+                on_failure(exc)
             if attempts is not None and attempt >= attempts:
                 raise
             delay = min(backoff_s * 2 ** (attempt - 1), max_backoff_s)

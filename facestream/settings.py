@@ -192,9 +192,13 @@ class SightingsSettings(Group):
 
 
 class MetricsSettings(Group):
+    enabled: bool = True
     # Bound to localhost unless configured: metrics reveal traffic patterns.
     host: str = "127.0.0.1"
     port: int = 9464
+    max_sources: int = 100  # distinct ``source`` label values; the rest count as "other"
+    # Where `facestream status` and `up --with-prometheus` find Prometheus.
+    prometheus_url: str = "http://127.0.0.1:9090"
 
 
 class RaySettings(Group):
@@ -204,6 +208,8 @@ class RaySettings(Group):
     model_replicas: int = 1
     model_num_cpus: float = 1.0
     model_num_gpus: float = 0.0
+    # The local Ray's metrics agent (actor stage timings), when the worker starts Ray itself.
+    metrics_export_port: int | None = 9465
 
 
 class Settings(BaseSettings):

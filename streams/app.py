@@ -14,9 +14,11 @@ from typing import Any
 import faust
 
 from actors.remote import Actors, connect_ray, ensure_actors
+from facestream import metrics
 from facestream.events import encode
 from facestream.retry import retry
 from facestream.settings import Settings
+from streams import observe
 from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
 from streams.security import faust_credentials
@@ -87,6 +89,9 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
             send_all, what="publishing outcomes", attempts=None, backoff_s=settings.retry.backoff_s
         )
 
+    sources = metrics.SourceLabels(settings.metrics.max_sources)
+    done: dict[faust.types.TP, int] = {}  # next offset to process, per partition (for lag)
+
     @app.agent(images, concurrency=settings.batch.in_flight_batches)
     async def identify(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch.size, within=wait_s):
@@ -98,14 +103,27 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
                     e.message.key,
                     e.message.value,
                     e.message.headers,
+                    e.message.timestamp * 1000 if e.message.timestamp else None,
                 )
                 for e in events
             ]
-            outcomes = await image_processor.process(messages)
-            await deliver(
-                [(matches if o.kind == "match" else dlq, o.key, encode(o.event)) for o in outcomes]
-                + [(audit, o.key, encode(o.audit)) for o in outcomes]
-            )
+            metrics.IN_FLIGHT.inc(len(messages))
+            try:
+                outcomes = await image_processor.process(messages)
+                with observe.stage("publish"):
+                    await deliver(
+                        [
+                            (matches if o.kind == "match" else dlq, o.key, encode(o.event))
+                            for o in outcomes
+                        ]
+                        + [(audit, o.key, encode(o.audit)) for o in outcomes]
+                    )
+            finally:
+                metrics.IN_FLIGHT.dec(len(messages))
+            observe.outcomes(messages, outcomes, sources)
+            for e in events:
+                tp = e.message.tp
+                done[tp] = max(done.get(tp, 0), e.message.offset + 1)
 
     @app.agent(enrollments)
     async def enroll(stream: faust.StreamT) -> None:
@@ -114,6 +132,7 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
             if result is None:
                 continue
             reply = result.ack
+            observe.enrolment(reply)
             log.info("enrolment %s %s: ok=%s", reply["op"], reply["identity"], reply["ok"])
             sends = [(audit, reply["identity"] or "", encode(result.audit))]
             if result.tombstone is not None:
@@ -121,6 +140,15 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
                 # (and their photos) from the log.
                 sends.append((enrollments, result.tombstone, None))
             await deliver([*sends, (acks, reply["request_id"], encode(reply))])
+
+    @app.timer(interval=5.0)
+    async def gauges() -> None:
+        """Lag per assigned partition and gallery size, for the dashboards."""
+        for tp in app.consumer.assignment():
+            if tp.topic == t.images:
+                behind = app.consumer.highwater(tp) - done.get(tp, app.consumer.highwater(tp))
+                metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(behind, 0))
+        metrics.GALLERY_SIZE.set(await calls.gallery("size"))
 
     if settings.sightings.enabled:
 
@@ -141,6 +169,18 @@ def run_worker(settings: Settings) -> None:
     )
     connect_ray(settings)
     actors = ensure_actors(settings)
+    if settings.metrics.enabled:
+        try:
+            metrics.serve(settings.metrics.host, settings.metrics.port)
+        except OSError as exc:  # a worker must not die for its metrics
+            log.error(
+                "metrics endpoint %s:%d unavailable: %s",
+                settings.metrics.host,
+                settings.metrics.port,
+                exc,
+            )
+        gpu_requested = str(settings.ray.model_num_gpus > 0).lower()
+        metrics.MODEL_INFO.labels(actors.model_id, actors.providers[0], gpu_requested).set(1)
     app = create_app(settings, actors)
     worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
     worker.execute_from_commandline()

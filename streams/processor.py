@@ -23,6 +23,7 @@ from facestream.events import dlq_event, match_event
 from facestream.imaging import ImageRejected, Reason, check_size
 from facestream.retry import retry
 from facestream.settings import Settings
+from streams import observe
 from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, Photo, ack
 from streams.records import ImageMessage
 
@@ -55,6 +56,7 @@ class ActorCalls:
         payload = ray.put(blobs) if ray.is_initialized() else blobs
         return await retry(
             lambda: next(self._models).analyze.remote(payload),
+            on_failure=lambda exc: observe.failed_call("model", exc),
             what="model call",
             attempts=self.settings.retry.attempts,
             backoff_s=self.settings.retry.backoff_s,
@@ -63,6 +65,7 @@ class ActorCalls:
     async def gallery(self, method: str, *args: Any) -> Any:
         return await retry(
             lambda: getattr(self.actors.gallery, method).remote(*args),
+            on_failure=lambda exc: observe.failed_call("gallery", exc),
             what=f"gallery {method}",
             attempts=None,
             backoff_s=self.settings.retry.backoff_s,
@@ -111,16 +114,18 @@ class ImageProcessor:
             return [r for blob in blobs for r in await self._analyze_isolating([blob])]
 
     async def _analyze(self, messages: list[ImageMessage], index: list[int]) -> dict[int, Outcome]:
-        results = await self._analyze_isolating([m.data for m in messages])
+        with observe.stage("model_call"):
+            results = await self._analyze_isolating([m.data for m in messages])
         analysed = [r for r in results if isinstance(r, ImageFaces)]
         plan = SearchPlan.of(
             analysed, self.settings.quality.search, self.calls.actors.embedding_dim
         )
-        found = (
-            await self.calls.gallery("search", plan.embeddings, self.settings.matching.top_k)
-            if len(plan.embeddings)
-            else []
-        )
+        found = []
+        if len(plan.embeddings):
+            with observe.stage("gallery_call"):
+                found = await self.calls.gallery(
+                    "search", plan.embeddings, self.settings.matching.top_k
+                )
         per_image = iter(zip(plan.candidates(found), plan.reasons, strict=True))
         out: dict[int, Outcome] = {}
         unknown: list[tuple[np.ndarray, dict[str, Any]]] = []

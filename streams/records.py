@@ -17,6 +17,7 @@ HEADER_CONTENT_TYPE = "content-type"
 class ImageMessage:
     meta: ImageMeta
     data: bytes
+    produced_at: float | None = None  # the record's timestamp, epoch seconds
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -47,6 +48,7 @@ def image_message(
     key: bytes | None,
     value: bytes | None,
     headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None,
+    timestamp_ms: float | None = None,
 ) -> ImageMessage:
     h = parse_headers(headers)
     meta = ImageMeta(
@@ -55,7 +57,8 @@ def image_message(
         captured_at=h.get(HEADER_CAPTURED_AT),
         content_type=h.get(HEADER_CONTENT_TYPE),
     )
-    return ImageMessage(meta, value or b"")
+    produced_at = timestamp_ms / 1000 if timestamp_ms else None
+    return ImageMessage(meta, value or b"", produced_at)
 
 
 def image_headers(

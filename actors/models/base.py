@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -45,9 +46,14 @@ class FaceModel(ABC):
     def align(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """The aligned crop the recogniser expects for one face."""
 
+    # Seconds spent in each stage by the last analyze_bytes() call (for metrics).
+    last_timings: dict[str, float]
+
     def analyze(self, images_bgr: list[np.ndarray]) -> list[ImageFaces]:
         """Detect per image, then embed every face of every image in one batch."""
+        started = time.perf_counter()
         detections = [self.detect(img) for img in images_bgr]
+        detected = time.perf_counter()
         crops = []
         for img, (faces, all_kps) in zip(images_bgr, detections, strict=True):
             for face, kps in zip(faces, all_kps, strict=True):
@@ -57,6 +63,7 @@ class FaceModel(ABC):
         embeddings = (
             self.embed_crops(crops) if crops else np.zeros((0, self.embedding_dim), np.float32)
         )
+        self.last_timings = {"detect": detected - started, "embed": time.perf_counter() - detected}
         out, start = [], 0
         for faces, _ in detections:
             out.append(ImageFaces(faces, embeddings[start : start + len(faces)]))
@@ -67,6 +74,7 @@ class FaceModel(ABC):
         self, blobs: list[bytes], limits: ImageLimits
     ) -> list[ImageFaces | ImageRejected]:
         """Decode each image (a bad one yields its rejection), then analyze the rest together."""
+        started = time.perf_counter()
         decoded: list[np.ndarray | ImageRejected] = []
         for blob in blobs:
             try:
@@ -74,5 +82,7 @@ class FaceModel(ABC):
             except ImageRejected as rejected:
                 decoded.append(rejected)
         good = [d for d in decoded if isinstance(d, np.ndarray)]
+        decode_s = time.perf_counter() - started
         results = iter(self.analyze(good))
+        self.last_timings["decode"] = decode_s
         return [d if isinstance(d, ImageRejected) else next(results) for d in decoded]

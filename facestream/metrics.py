@@ -1,0 +1,90 @@
+"""Prometheus metrics. Workers export these with prometheus-client on
+``metrics.host:metrics.port``; the Ray actors export their stage timings with
+``ray.util.metrics`` through each Ray node's metrics agent (as ``ray_facestream_...``).
+
+Naming follows Prometheus conventions (``_total`` counters, ``_seconds`` base units) and
+labels are bounded: never image ids or identities; ``source`` is capped to
+``metrics.max_sources`` distinct values (the rest count as "other").
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+IMAGES = Counter(
+    "facestream_images_total", "Images consumed, by outcome and source", ["outcome", "source"]
+)
+FACES = Counter("facestream_faces_total", "Faces detected, by decision", ["decision"])
+DLQ = Counter("facestream_dlq_events_total", "DLQ events, by reason", ["reason"])
+ENROLMENTS = Counter("facestream_enrolments_total", "Enrolment requests, by result", ["result"])
+DELETIONS = Counter("facestream_deletions_total", "Identities erased")
+RETRIES = Counter("facestream_retries_total", "Retried calls, by call", ["call"])
+ACTOR_RESTARTS = Counter(
+    "facestream_actor_restarts_total",
+    "Actor deaths seen by this worker (Ray restarts the actor)",
+    ["actor"],
+)
+
+E2E_LATENCY = Histogram(
+    "facestream_end_to_end_latency_seconds",
+    "From captured-at (else produce time) to the match event",
+    buckets=LATENCY_BUCKETS,
+)
+STAGE = Histogram(
+    "facestream_stage_seconds",
+    "Time per batch in each worker-side stage",
+    ["stage"],
+    buckets=STAGE_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "facestream_batch_images", "Images per batch", buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+FACES_PER_IMAGE = Histogram(
+    "facestream_faces_per_image", "Faces detected per image", buckets=(0, 1, 2, 4, 8, 16, 32, 64)
+)
+SIMILARITY = Histogram(
+    "facestream_best_similarity",
+    "Best candidate's similarity per searched face (threshold health)",
+    buckets=(-0.2, 0, 0.1, 0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 1),
+)
+
+LAG = Gauge(
+    "facestream_consumer_lag_messages",
+    "Records behind the end of the partition",
+    ["topic", "partition"],
+)
+IN_FLIGHT = Gauge("facestream_in_flight_images", "Images taken from Kafka and not yet published")
+GALLERY_SIZE = Gauge("facestream_gallery_embeddings", "Embeddings in the current gallery")
+MODEL_INFO = Gauge(
+    "facestream_model_info", "The model in use (value 1)", ["model_id", "provider", "gpu_requested"]
+)
+WORKER_UP = Gauge("facestream_worker_up", "1 while this worker runs", ["worker"])
+
+
+class SourceLabels:
+    """Caps the number of distinct ``source`` label values (bounded cardinality)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.seen, self.lock = limit, set[str](), threading.Lock()
+
+    def __call__(self, source: str | None) -> str:
+        value = source or "none"
+        with self.lock:
+            if value in self.seen:
+                return value
+            if len(self.seen) < self.limit:
+                self.seen.add(value)
+                return value
+        return "other"
+
+
+def serve(host: str, port: int) -> None:
+    """Expose this process's metrics over HTTP (a daemon thread)."""
+    start_http_server(port, addr=host)
+    WORKER_UP.labels(worker=f"{socket.gethostname()}:{port}").set(1)
