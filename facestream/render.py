@@ -11,6 +11,8 @@ console = Console(highlight=False)
 
 
 def describe_face(face: dict[str, Any]) -> str:
+    if face["decision"] == "rejected":
+        return f"[dim]rejected ({', '.join(face['reasons'])})[/]"
     if face["decision"] == "match":
         return f"[green]{face['identity']}[/] {face['similarity']:.2f}"
     best = f" (best {face['similarity']:.2f})" if face.get("similarity") is not None else ""

@@ -12,6 +12,7 @@ class Tally:
     faces: int = 0
     matches: int = 0
     unknowns: int = 0
+    rejected: int = 0
     errors: int = 0
     duplicates: int = 0
     seen: set[str] = field(default_factory=set)
@@ -30,6 +31,8 @@ class Tally:
             self.faces += 1
             if face["decision"] == "match":
                 self.matches += 1
+            elif face["decision"] == "rejected":
+                self.rejected += 1
             else:
                 self.unknowns += 1
         return True
@@ -37,5 +40,5 @@ class Tally:
     def summary(self) -> dict[str, int]:
         return {
             k: getattr(self, k)
-            for k in ("images", "faces", "matches", "unknowns", "errors", "duplicates")
+            for k in ("images", "faces", "matches", "unknowns", "rejected", "errors", "duplicates")
         }

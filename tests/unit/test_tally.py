@@ -9,14 +9,15 @@ def match(image_id: str, *decisions: str) -> dict:
 
 def test_counts_images_faces_matches_unknowns_and_errors() -> None:
     t = Tally()
-    assert t.add("match", match("a", "match", "unknown", "match"))
+    assert t.add("match", match("a", "match", "unknown", "match", "rejected"))
     assert t.add("match", match("b"))
     assert t.add("dlq", {"image_id": "c", "reason": "empty"})
     assert t.summary() == {
         "images": 3,
-        "faces": 3,
+        "faces": 4,
         "matches": 2,
         "unknowns": 1,
+        "rejected": 1,
         "errors": 1,
         "duplicates": 0,
     }
@@ -32,6 +33,7 @@ def test_a_replayed_image_id_is_a_duplicate_and_not_recounted() -> None:
         "faces": 1,
         "matches": 1,
         "unknowns": 0,
+        "rejected": 0,
         "errors": 0,
         "duplicates": 2,
     }
