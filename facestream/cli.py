@@ -28,6 +28,16 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
+def _ask_gallery(settings: Settings, method: str, *args: object) -> object:
+    from actors.gallery import GalleryError
+    from facestream.offline import ask_gallery
+
+    try:
+        return ask_gallery(settings, method, *args)
+    except GalleryError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _image_files(paths: tuple[str, ...]) -> list[Path]:
     files: list[Path] = []
     for raw in paths:
@@ -149,9 +159,7 @@ def identities() -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
 def identities_list(as_json: bool) -> None:
     """List enrolled identities (through the running deployment, else the gallery itself)."""
-    from facestream.offline import ask_gallery
-
-    rows = ask_gallery(_settings(), "identities")
+    rows = _ask_gallery(_settings(), "identities")
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
@@ -168,11 +176,10 @@ def identities_list(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="one JSON object")
 def identities_show(identity: str, as_json: bool) -> None:
     """Everything stored about IDENTITY: its gallery entries and its enrolment records."""
-    from facestream.offline import ask_gallery
     from streams.clients import enrollment_records
 
     settings = _settings()
-    stored = ask_gallery(settings, "show", identity)
+    stored = _ask_gallery(settings, "show", identity)
     records = asyncio.run(enrollment_records(settings, identity))
     report = {"identity": identity, "gallery": stored, "enrollment_log": records}
     if as_json:
