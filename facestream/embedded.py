@@ -178,6 +178,10 @@ class RayHead(ChildProcess):
         super().__init__(cmd, run_dir / "ray-head.log", self.env)
         _wait_for_port("127.0.0.1", self.port, 60.0, self.proc)
 
+    def stop(self, timeout_s: float = 5.0) -> None:
+        # `ray start --block` lingers on SIGTERM; its process group is killed after this.
+        super().stop(timeout_s)
+
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"

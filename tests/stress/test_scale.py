@@ -1,0 +1,233 @@
+"""Scale out on one machine: a Ray cluster of a head and two nodes, two Faust workers in one
+consumer group, two model replicas spread over the nodes. Both workers get partitions, the
+replicas run on two nodes and every image yields an outcome; then a worker leaves and a node
+is removed mid-stream, and still nothing is lost. Prints per-worker and per-node counts."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from itertools import count
+from pathlib import Path
+
+import psutil
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+
+from facestream.embedded import EmbeddedStack
+from streams.clients import ImageToSend
+from tests.flow import run_flow
+from tests.stress.test_delivery import check, new_stack, stream_of
+
+pytestmark = pytest.mark.stress
+
+# Where the actors run, asked in a child process with the head's Ray environment: a Ray driver
+# in the test process would keep the first auth token it loaded (Ray caches it) for good.
+CLUSTER_VIEW = """
+import json, ray
+from actors.remote import gallery_actor_name, model_actor_names
+from facestream.settings import Settings
+
+settings = Settings()
+ray.init(address=settings.ray.address, namespace=settings.ray.namespace, log_to_driver=False,
+         logging_level="ERROR")
+info = lambda name: ray.get(ray.get_actor(name).info.remote(), timeout=120)
+models = {name: info(name) for name in model_actor_names(settings)}
+gallery = info(gallery_actor_name(settings, next(iter(models.values()))["model_id"]))
+nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
+print(json.dumps({"models": models, "gallery": gallery, "nodes": nodes}))
+"""
+
+
+@dataclasses.dataclass
+class ClusterView:
+    models: dict[str, str]  # model actor name -> node id
+    model_pid: dict[str, int]
+    gallery_node: str
+    node_label: dict[str, str]  # alive node id -> "head" or "ray-node-<i>" (stack.ray_nodes[i])
+
+    def models_on(self, node_id: str) -> list[str]:
+        return sorted(a for a, n in self.models.items() if n == node_id)
+
+
+def cluster_view(stack: EmbeddedStack) -> ClusterView:
+    assert stack.ray_head is not None
+    env = {**os.environ, **stack.settings.env(), **stack.ray_head.env}
+    done = subprocess.run(
+        [sys.executable, "-c", CLUSTER_VIEW], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    view = json.loads(done.stdout.strip().splitlines()[-1])
+    label_of = {node.node_manager_port: f"ray-node-{i}" for i, node in enumerate(stack.ray_nodes)}
+    return ClusterView(
+        models={a: info["node_id"] for a, info in view["models"].items()},
+        model_pid={a: info["pid"] for a, info in view["models"].items()},
+        gallery_node=view["gallery"]["node_id"],
+        node_label={nid: label_of.get(port, "head") for nid, port in view["nodes"].items()},
+    )
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time of each live actor process: the work a replica did, wherever it runs."""
+    out = {}
+    for actor, pid in pids.items():
+        try:
+            times = psutil.Process(pid).cpu_times()
+            out[actor] = times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def print_nodes(view: ClusterView, cpu: dict[str, float]) -> None:
+    for node_id, label in sorted(view.node_label.items(), key=lambda item: item[1]):
+        models = view.models_on(node_id)
+        busy = sum(cpu.get(a, 0.0) for a in models)
+        names = [a.split("-model-")[1] for a in models]
+        gallery = "  + gallery actor" if node_id == view.gallery_node else ""
+        print(
+            f"  {label:<10} node {node_id[:8]}  model replicas {names}  CPU {busy:5.1f} s{gallery}"
+        )
+
+
+# Worker w owns the partitions phase[0][w] while the images in phase[1] are produced.
+Phase = tuple[list[set[int]], range]
+
+
+def print_workers(stack: EmbeddedStack, phases: list[Phase], partitions: int) -> None:
+    """Images per worker, from partition ownership: events name no worker, but image i went to
+    partition i % partitions, and a partition's owner handles it (replays after a leave aside)."""
+    print("per worker (partitions owned, images produced to them):")
+    for w, worker in enumerate(stack.workers):
+        parts = " -> ".join(str(sorted(owned[w])) for owned, _ in phases)
+        n = sum(1 for owned, span in phases for i in span if i % partitions in owned[w])
+        print(f"  {worker.log_path.stem:<9} partitions {parts}  images {n}")
+
+
+def spread_over_partitions(images: list[ImageToSend], partitions: int) -> list[ImageToSend]:
+    """Re-key the images so that image i lands on partition i % partitions: every worker gets
+    traffic whatever the hash of three camera names, and each image's partition is known."""
+    every = list(range(partitions))
+    key_for: dict[int, str] = {}
+    for j in count():
+        # The producer's default partitioner: murmur2 of the key.
+        key_for.setdefault(
+            DefaultPartitioner()(f"camera-{j}".encode(), every, every), f"camera-{j}"
+        )
+        if len(key_for) == partitions:
+            break
+    return [
+        dataclasses.replace(img, source=key_for[i % partitions]) for i, img in enumerate(images)
+    ]
+
+
+# Faust logs each assignment as a table, "Setting newly assigned partitions" then rows such
+# as "| images | {0-1, 3} |".
+ASSIGNED = re.compile(r"Setting newly assigned partitions(.*?)for group", re.S)
+IMAGES_ROW = re.compile(r"^\|\s*images\s*\|\s*\{([^}]*)\}", re.M)
+
+
+def assignments(log_path: Path) -> list[set[int]]:
+    """The ``images`` partitions of every assignment a worker logged, oldest first."""
+    out = []
+    for table in ASSIGNED.findall(log_path.read_text(errors="replace")):
+        row = IMAGES_ROW.search(table)
+        parts: set[int] = set()
+        for token in row.group(1).split(",") if row else []:
+            low, _, high = token.strip().partition("-")
+            parts.update(range(int(low), int(high or low) + 1))
+        out.append(parts)
+    return out
+
+
+def wait_for_split(
+    stack: EmbeddedStack, partitions: int, timeout_s: float = 90.0
+) -> list[set[int]]:
+    """Each worker's ``images`` partitions, once every worker holds some and none is shared."""
+    current: list[set[int]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        current = [(assignments(w.log_path) or [set()])[-1] for w in stack.workers]
+        if all(current) and sorted(p for c in current for p in c) == list(range(partitions)):
+            return current
+        time.sleep(0.5)
+    logs = "\n".join(w.log_tail(30) for w in stack.workers)
+    raise AssertionError(f"workers did not split the partitions: {current}\n{logs}")
+
+
+def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_node_go(
+    samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two model replicas of one CPU each, placed with SPREAD (actors/remote.py): two nodes.
+    # new_stack takes its settings from the environment.
+    monkeypatch.setenv("FACESTREAM_RAY__MODEL_REPLICAS", "2")
+    stack, _ = new_stack(samples, workers=2, shared_ray=True, ray_nodes=2)
+    try:
+        partitions = stack.settings.topics.images_partitions
+        owned = wait_for_split(stack, partitions)
+        view = cluster_view(stack)
+        assert len(view.node_label) == 3, view.node_label
+        assert len(set(view.models.values())) == 2, f"replicas share a node: {view.models}"
+
+        # 1. The whole cluster, as fast as the broker takes the images.
+        images = spread_over_partitions(stream_of(samples, 100, "scale"), partitions)
+        cpu_before = cpu_seconds(view.model_pid)
+        started = time.monotonic()
+        report = asyncio.run(run_flow(stack.settings, images, timeout_s=180, linger_s=1))
+        check(report, images, stack)
+        print(f"{len(images)} images in {time.monotonic() - started:.1f}s")
+        cpu = {a: s - cpu_before.get(a, 0.0) for a, s in cpu_seconds(view.model_pid).items()}
+        print_workers(stack, [(owned, range(len(images)))], partitions)
+        print("per node (model replicas, their CPU time in this stream):")
+        print_nodes(view, cpu)
+        for node_id in set(view.models.values()):  # each replica worked, not only loaded
+            assert sum(cpu[a] for a in view.models_on(node_id)) > 0.5, cpu
+
+        # 2. Mid-stream, worker-0 leaves the group (SIGTERM: it commits and leaves), then a
+        # Ray node holding a model replica is lost (SIGKILL of its processes): the one that
+        # also holds the gallery actor, if any, so that both kinds of actor must restart.
+        candidates = [n for n, label in view.node_label.items() if label != "head"]
+        victim_id = max(
+            (n for n in candidates if view.models_on(n)), key=lambda n: n == view.gallery_node
+        )
+        victim = stack.ray_nodes[int(view.node_label[victim_id].rsplit("-", 1)[1])]
+        leaving, staying = stack.workers
+        leave_at, remove_at = 30, 70
+        images = spread_over_partitions(stream_of(samples, 120, "scale-faults"), partitions)
+        faults = {
+            # A Future, not a coroutine, so run_flow does not wait: the graceful stop runs in a
+            # thread while images keep flowing.
+            leave_at: lambda: asyncio.get_running_loop().run_in_executor(None, leaving.stop),
+            remove_at: lambda: stack.remove_ray_node(victim),
+        }
+        started = time.monotonic()
+        report = asyncio.run(
+            run_flow(
+                stack.settings, images, timeout_s=240, rate_per_s=15, faults=faults, linger_s=2
+            )
+        )
+        check(report, images, stack)
+        print(f"{len(images)} images in {time.monotonic() - started:.1f}s (produced at 15/s)")
+        assert not leaving.alive() and staying.alive()
+        taken_over = assignments(staying.log_path)[-1]
+        gone = [set(), taken_over]
+        print_workers(
+            stack,
+            [(owned, range(leave_at + 1)), (gone, range(leave_at + 1, len(images)))],
+            partitions,
+        )
+        assert taken_over == set(range(partitions)), "worker-1 did not take over"
+
+        after = cluster_view(stack)
+        print(f"per node after {view.node_label[victim_id]} was removed (replicas restarted):")
+        print_nodes(after, cpu_seconds(after.model_pid))
+        assert victim_id not in after.node_label
+        assert set(after.models.values()) <= after.node_label.keys()
+    finally:
+        stack.stop()
