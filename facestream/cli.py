@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.progress import Progress
@@ -17,6 +19,10 @@ from rich.progress import Progress
 from facestream.render import console, event_line, kv_table, rows_table
 from facestream.settings import Settings
 from facestream.tally import Tally
+
+if TYPE_CHECKING:
+    from facestream.embedded import EmbeddedStack
+    from facestream.prometheus import PrometheusServer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -65,18 +71,29 @@ def demo() -> None:
 
 
 @main.command()
-def up() -> None:
+@click.option(
+    "--with-prometheus",
+    is_flag=True,
+    help="also run Prometheus at metrics.prometheus_url (needs the `prometheus` binary)",
+)
+def up(with_prometheus: bool) -> None:
     """Start the embedded stack (broker + worker, local Ray, embedded Qdrant) until Ctrl-C."""
     from facestream.embedded import EmbeddedStack
 
     settings = _settings()
     run_dir = Path(tempfile.mkdtemp(prefix="facestream-"))  # short: Ray puts sockets here
-    with EmbeddedStack(settings, run_dir) as stack:
+    # SIGTERM stops the stack as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with EmbeddedStack(settings, run_dir) as stack, contextlib.ExitStack() as services:
+        prometheus = _start_prometheus(settings, stack, run_dir) if with_prometheus else None
+        if prometheus is not None:
+            services.callback(prometheus.stop)
         console.print(
             f"facestream up: broker {settings.kafka.bootstrap_servers}, "
             f"gallery {settings.gallery.path}, logs in {run_dir}\n"
-            "  facestream enroll ID PHOTO...   facestream produce PATH...   facestream watch\n"
-            "Ctrl-C stops."
+            + (f"  Prometheus {prometheus.url}: facestream status\n" if prometheus else "")
+            + "  facestream enroll ID PHOTO... --basis B   facestream produce PATH...   "
+            "facestream watch\nCtrl-C stops."
         )
         try:
             while all(w.alive() for w in stack.workers):
@@ -85,6 +102,51 @@ def up() -> None:
             sys.exit(1)
         except KeyboardInterrupt:
             console.print("stopping...")
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _start_prometheus(settings: Settings, stack: EmbeddedStack, run_dir: Path) -> PrometheusServer:
+    """Prometheus on metrics.prometheus_url, scraping the local workers and their Ray nodes
+    with the project's recording rules and alerts (infra/prometheus/rules)."""
+    from urllib.parse import urlsplit
+
+    from facestream import prometheus
+
+    url = urlsplit(settings.metrics.prometheus_url)
+    folder = run_dir / "prometheus"
+    prometheus.write_local_config(
+        folder,
+        [f"127.0.0.1:{w.metrics_port}" for w in stack.workers],
+        [f"127.0.0.1:{w.ray_metrics_port}" for w in stack.workers],
+    )
+    try:
+        return prometheus.start_prometheus(
+            folder, url.port or 9090, host=url.hostname or "127.0.0.1"
+        )
+    except prometheus.PrometheusError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--url", default=None, help="Prometheus [default: metrics.prometheus_url]")
+@click.option("--window", default="1m", show_default=True, help="rates and percentiles over")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object")
+def status(url: str | None, window: str, as_json: bool) -> None:
+    """Throughput, consumer lag, latency, errors and firing alerts, from Prometheus."""
+    from facestream.prometheus import PrometheusError, status_rows, status_summary
+
+    url = url or _settings().metrics.prometheus_url
+    try:
+        summary = status_summary(url, window)
+    except PrometheusError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        console.print(kv_table(f"facestream status (Prometheus {url})", status_rows(summary)))
 
 
 @main.command()

@@ -84,7 +84,25 @@ class SourceLabels:
         return "other"
 
 
+def _create_known_series() -> None:
+    """Export every known label value at 0, so that the first event of each is visible to
+    rate() and increase() (a labelled series otherwise appears at its first increment)."""
+    from facestream.imaging import Reason
+
+    for decision in ("match", "unknown", "rejected"):
+        FACES.labels(decision=decision)
+    for name, reason in vars(Reason).items():
+        if name.isupper():
+            DLQ.labels(reason=reason)
+    for call in ("model", "gallery"):
+        RETRIES.labels(call=call)
+        ACTOR_RESTARTS.labels(actor=call)
+    for result in ("ok", "refused"):
+        ENROLMENTS.labels(result=result)
+
+
 def serve(host: str, port: int) -> None:
     """Expose this process's metrics over HTTP (a daemon thread)."""
+    _create_known_series()
     start_http_server(port, addr=host)
     WORKER_UP.labels(worker=f"{socket.gethostname()}:{port}").set(1)

@@ -91,6 +91,7 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
 
     sources = metrics.SourceLabels(settings.metrics.max_sources)
     done: dict[faust.types.TP, int] = {}  # next offset to process, per partition (for lag)
+    reported: set[faust.types.TP] = set()  # partitions whose lag this worker exports
 
     @app.agent(images, concurrency=settings.batch.in_flight_batches)
     async def identify(stream: faust.StreamT) -> None:
@@ -144,10 +145,14 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
     @app.timer(interval=5.0)
     async def gauges() -> None:
         """Lag per assigned partition and gallery size, for the dashboards."""
-        for tp in app.consumer.assignment():
-            if tp.topic == t.images:
-                behind = app.consumer.highwater(tp) - done.get(tp, app.consumer.highwater(tp))
-                metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(behind, 0))
+        assigned = {tp for tp in app.consumer.assignment() if tp.topic == t.images}
+        for tp in assigned:
+            behind = app.consumer.highwater(tp) - done.get(tp, app.consumer.highwater(tp))
+            metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(behind, 0))
+        for tp in reported - assigned:  # revoked: its new owner reports it now
+            metrics.LAG.remove(tp.topic, str(tp.partition))
+        reported.clear()
+        reported.update(assigned)
         metrics.GALLERY_SIZE.set(await calls.gallery("size"))
 
     if settings.sightings.enabled:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,14 +50,36 @@ class ActorCalls:
     def __init__(self, settings: Settings, actors: Actors) -> None:
         self.settings = settings
         self.actors = actors
-        self._models = itertools.cycle(actors.models)
+        self._turn = itertools.count()
+        # Replica index -> time until which it is avoided after a failure (while it restarts),
+        # so that a retry goes to a healthy replica when there is one.
+        self._avoid_until: dict[int, float] = {}
+
+    def _next_replica(self) -> int:
+        n, now = len(self.actors.models), time.monotonic()
+        start = next(self._turn)
+        for i in range(start, start + n):
+            if self._avoid_until.get(i % n, 0.0) <= now:
+                return i % n
+        return start % n  # all are failing: keep trying in turn
 
     async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
         # Into the object store once, not once per attempt.
         payload = ray.put(blobs) if ray.is_initialized() else blobs
+        replica = 0
+
+        def call() -> Any:
+            nonlocal replica
+            replica = self._next_replica()
+            return self.actors.models[replica].analyze.remote(payload)
+
+        def failed(exc: Exception) -> None:
+            self._avoid_until[replica] = time.monotonic() + 10 * self.settings.retry.backoff_s
+            observe.failed_call("model", exc)
+
         return await retry(
-            lambda: next(self._models).analyze.remote(payload),
-            on_failure=lambda exc: observe.failed_call("model", exc),
+            call,
+            on_failure=failed,
             what="model call",
             attempts=self.settings.retry.attempts,
             backoff_s=self.settings.retry.backoff_s,

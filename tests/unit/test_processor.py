@@ -376,3 +376,14 @@ def test_unknown_faces_are_kept_only_when_sightings_are_enabled() -> None:
     process(image_processor(actors(model, gallery=on), settings), msg("A", b"a"))
     [(vectors, metas)] = on.record_sightings.calls
     assert vectors[:, 0].tolist() == [1] and metas == [{"image_id": "A", "source": "cam"}]
+
+
+def test_a_failing_replica_is_avoided_while_a_healthy_one_exists() -> None:
+    calls: list[int] = []
+    healthy = by_blob({b"a": faces(8)})
+    settings = SETTINGS.override(retry__backoff_s=0.01)  # avoided for 10 x backoff = 0.1 s
+    proc = image_processor(actors(failing(calls), healthy), settings)
+    for image_id in ("A", "B", "C"):
+        (outcome,) = process(proc, msg(image_id, b"a"))
+        assert outcome.event["faces"][0]["identity"] == "person-8"
+    assert len(calls) == 1 and len(healthy.analyze.calls) == 3
