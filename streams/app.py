@@ -8,6 +8,7 @@ outcomes are keyed by image id so consumers can drop the duplicates a replay pro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -144,23 +145,35 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
 
     @app.timer(interval=5.0)
     async def gauges() -> None:
-        """Lag per assigned partition and gallery size, for the dashboards."""
-        assigned = {tp for tp in app.consumer.assignment() if tp.topic == t.images}
-        for tp in assigned:
-            behind = app.consumer.highwater(tp) - done.get(tp, app.consumer.highwater(tp))
-            metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(behind, 0))
-        for tp in reported - assigned:  # revoked: its new owner reports it now
-            metrics.LAG.remove(tp.topic, str(tp.partition))
-        reported.clear()
-        reported.update(assigned)
-        metrics.GALLERY_SIZE.set(await calls.gallery("size"))
+        """Lag per assigned partition and gallery size, for the dashboards. Metrics must never
+        take the worker down: an error here is logged and the next tick tries again."""
+        try:
+            assigned = {tp for tp in app.consumer.assignment() if tp.topic == t.images}
+            for tp in assigned:
+                end = app.consumer.highwater(tp)
+                if end is None:  # not fetched from yet
+                    continue
+                behind = max(end - done.get(tp, end), 0)
+                metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(behind)
+            for tp in reported - assigned:  # revoked: its new owner reports it now
+                with contextlib.suppress(KeyError):
+                    metrics.LAG.remove(tp.topic, str(tp.partition))
+            reported.clear()
+            reported.update(assigned)
+            metrics.GALLERY_SIZE.set(await calls.gallery("size"))
+        except Exception:
+            log.exception("updating gauges failed")
 
     if settings.sightings.enabled:
 
         @app.timer(interval=settings.sightings.purge_interval_s)
         async def purge_sightings() -> None:
             """Retention: expired sightings are deleted (idempotent; every worker may run it)."""
-            removed = await calls.gallery("purge_sightings")
+            try:
+                removed = await calls.gallery("purge_sightings")
+            except Exception:  # a failed purge is retried at the next tick, never fatal
+                log.exception("purging sightings failed")
+                return
             if removed:
                 log.info("purged %d expired sightings", removed)
 
