@@ -1,0 +1,406 @@
+"""The pipeline against its models: how much do Kafka, Faust, Ray and the gallery cost?
+
+    python -m bench.pipeline [--images 120] [--rounds 3] [--latency-seconds 20]
+                             [--fetch-wait-ms 100]
+
+One run, the same photos, the same model thread budget (``model.intra_op_threads``, one
+replica):
+
+1. bare models: decode + detect + align + embed in this process (``FaceModel.analyze_bytes``
+   in batches of ``batch.size``), images/s and faces/s;
+2. the full pipeline on a fresh embedded stack (Tansu, a facestream worker with its own Ray,
+   the model and gallery actors; two people enrolled): sustained images/s at saturation,
+   with the CPU of every component. Bare and pipeline runs alternate (``--rounds``) while the
+   stack stays up, so that both see the same machine; the ratio of each round is reported;
+3. end-to-end latency (outcome received - image sent) at 50% and 80% of the sustained rate;
+4. with ``--fetch-wait-ms``: the same on a second stack whose worker caps its Kafka fetch
+   wait (Faust hard-codes 1500 ms; see bench/worker_patches/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from actors.models import FaceModel, ImageFaces, load_face_model
+from actors.models.quality import measure
+from bench.common import (
+    CpuMeter,
+    emit_json,
+    log,
+    machine,
+    print_machine,
+    print_table,
+    sample_photos,
+)
+from bench.flow import (
+    BENCH_PROCESS,
+    RunningStack,
+    StreamResult,
+    fetch_wait_env,
+    images_for,
+    running_stack,
+    stream,
+)
+from facestream.imaging import decode_image
+from facestream.settings import Settings
+
+RATIO_TARGET = 0.90
+LOAD_FRACTIONS = (0.5, 0.8)
+OTHER = "other processes"
+
+Photos = Sequence[tuple[str, bytes]]
+
+
+@dataclass
+class BareResult:
+    images: int
+    faces: int
+    wall_s: float
+    cpu_s: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s
+
+    @property
+    def faces_per_s(self) -> float:
+        return self.faces / self.wall_s
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.wall_s
+
+
+def run_bare(model: FaceModel, settings: Settings, photos: Photos, count: int) -> BareResult:
+    """``count`` images through the models in batches of ``batch.size``, as the actor gets them."""
+    blobs = [photos[i % len(photos)][1] for i in range(count)]
+    size = settings.batch.size
+    faces = 0
+    wall, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, count, size):
+        for result in model.analyze_bytes(blobs[start : start + size], settings.limits):
+            if isinstance(result, ImageFaces):
+                faces += len(result.faces)
+    return BareResult(count, faces, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def stage_breakdown(
+    model: FaceModel, settings: Settings, photos: Photos, repeats: int = 3
+) -> list[dict[str, Any]]:
+    """Milliseconds per stage for each photo (best of ``repeats``: the least disturbed)."""
+    rows = []
+    for name, blob in photos:
+        best: dict[str, float] = {}
+        faces, pixels = 0, ""
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            image = decode_image(blob, settings.limits)
+            t1 = time.perf_counter()
+            detected, landmarks = model.detect(image)
+            t2 = time.perf_counter()
+            crops = [model.align(image, kps) for kps in landmarks]
+            t3 = time.perf_counter()
+            for face, crop, kps in zip(detected, crops, landmarks, strict=True):
+                measure(crop, kps, face.bbox)
+            t4 = time.perf_counter()
+            if crops:
+                model.embed_crops(crops)
+            t5 = time.perf_counter()
+            faces, pixels = len(detected), f"{image.shape[1]}x{image.shape[0]}"
+            times = {
+                "decode": t1 - t0,
+                "detect": t2 - t1,
+                "align": t3 - t2,
+                "quality": t4 - t3,
+                "embed": t5 - t4,
+            }
+            for stage, seconds in times.items():
+                best[stage] = min(best.get(stage, float("inf")), seconds * 1000)
+        rows.append({"photo": name, "pixels": pixels, "faces": faces, **best})
+    return rows
+
+
+@dataclass
+class Round:
+    bare: BareResult
+    bare_cpu: dict[str, float]
+    pipe: StreamResult
+    pipe_cpu: dict[str, float]
+    pipe_wall_s: float
+
+    @property
+    def pipe_rate(self) -> float:
+        return self.pipe.steady_rate()
+
+    @property
+    def pipe_faces_per_s(self) -> float:
+        return self.pipe_rate * self.pipe.faces / len(self.pipe.received)
+
+    @property
+    def ratio(self) -> float:
+        return self.pipe_rate / self.bare.images_per_s
+
+    @property
+    def stack_cpu_ms_per_image(self) -> float:
+        """CPU of the stack's processes (not the bench client's) per image."""
+        stack = sum(v for k, v in self.pipe_cpu.items() if k not in (OTHER, BENCH_PROCESS))
+        return 1000 * stack / len(self.pipe.received)
+
+    @property
+    def cpu_efficiency(self) -> float:
+        """Bare models' CPU per image / the whole stack's: what the ratio would be if every
+        process competed for the same cores (little affected by other users' load)."""
+        return (1000 * self.bare.cpu_s / self.bare.images) / self.stack_cpu_ms_per_image
+
+    def other_load(self) -> tuple[float, float]:
+        """Cores busy with processes that are neither this bench nor its stack."""
+        return self.bare_cpu[OTHER] / self.bare.wall_s, self.pipe_cpu[OTHER] / self.pipe_wall_s
+
+
+def run_round(
+    model: FaceModel, running: RunningStack, photos: Photos, count: int, tag: str
+) -> Round:
+    meter = running.cpu_meter()
+    log(f"{tag}: bare models, {count} images...")
+    before = meter.snapshot()
+    bare = run_bare(model, running.settings, photos, count)
+    bare_cpu = CpuMeter.delta(before, meter.snapshot())
+    log(f"{tag}: pipeline, {count} images as fast as they go...")
+    before = meter.snapshot()
+    pipe = asyncio.run(stream(running.settings, images_for(photos, count, tag)))
+    after = meter.snapshot()
+    return Round(bare, bare_cpu, pipe, CpuMeter.delta(before, after), after.at - before.at)
+
+
+def run_latency(
+    running: RunningStack, photos: Photos, rates: Sequence[float], seconds: float, tag: str
+) -> list[StreamResult]:
+    out = []
+    for rate in rates:
+        n = max(20, int(rate * seconds))
+        log(f"{tag}: {n} images paced at {rate:.1f}/s...")
+        images = images_for(photos, n, f"{tag}-{rate:.1f}")
+        out.append(asyncio.run(stream(running.settings, images, rate_per_s=rate)))
+    return out
+
+
+def warm_up(running: RunningStack, photos: Photos) -> None:
+    images = images_for(photos, 3 * running.settings.batch.size, "warmup")
+    asyncio.run(stream(running.settings, images))
+
+
+# -- reports ----------------------------------------------------------------------------------
+
+
+def print_stages(rows: list[dict[str, Any]]) -> None:
+    stages = ["decode", "detect", "align", "quality", "embed"]
+    table = [[r["photo"], r["pixels"], r["faces"], *(r[s] for s in stages)] for r in rows]
+    totals = {s: sum(r[s] for r in rows) for s in stages}
+    grand = sum(totals.values())
+    table.append(["all 6 (sum)", "", sum(r["faces"] for r in rows), *totals.values()])
+    table.append(["share", "", "", *(f"{100 * totals[s] / grand:.0f}%" for s in stages)])
+    print_table(
+        "where the model time goes (ms per image, best of 3, one thread, this process)",
+        ["photo", "size", "faces", *(f"{s} ms" for s in stages)],
+        table,
+    )
+
+
+def print_rounds(rounds: list[Round], count: int, threads: int, batch: int) -> None:
+    rows = []
+    for i, r in enumerate(rounds, 1):
+        other_bare, other_pipe = r.other_load()
+        rows.append(
+            [i, r.bare.images_per_s, r.bare.faces_per_s, r.bare.cores, r.pipe_rate,
+             r.pipe_faces_per_s, r.pipe.wall_rate(), r.ratio, r.cpu_efficiency, other_bare,
+             other_pipe]
+        )  # fmt: skip
+    print_table(
+        f"throughput, bare and pipeline alternating ({count} images per run, "
+        f"{threads} model thread, batch {batch})",
+        ["round", "bare img/s", "bare faces/s", "bare cores", "pipeline img/s",
+         "pipeline faces/s", "pipeline img/s incl. fill", "ratio", "CPU efficiency",
+         "foreign load, bare (cores)", "foreign load, pipeline (cores)"],
+        rows,
+    )  # fmt: skip
+
+
+def print_cpu(rounds: list[Round]) -> None:
+    cpu: dict[str, float] = {}
+    for r in rounds:
+        for label, seconds in r.pipe_cpu.items():
+            cpu[label] = cpu.get(label, 0.0) + seconds
+    wall = sum(r.pipe_wall_s for r in rounds)
+    images = sum(len(r.pipe.received) for r in rounds)
+    bare_cpu_ms = 1000 * sum(r.bare.cpu_s for r in rounds) / sum(r.bare.images for r in rounds)
+    rows = [
+        [label, seconds, seconds / wall, 1000 * seconds / images]
+        for label, seconds in sorted(cpu.items(), key=lambda kv: -kv[1])
+        if label != OTHER
+    ]
+    ours = sum(v for k, v in cpu.items() if k != OTHER)
+    rows.append(["= facestream stack + bench client", ours, ours / wall, 1000 * ours / images])
+    rows.append([f"({OTHER}: not ours)", cpu[OTHER], cpu[OTHER] / wall, ""])
+    rows.append(["(bare models, same images)", "", "", bare_cpu_ms])
+    print_table(
+        f"where the CPU goes in the pipeline runs ({images} images, {wall:.1f} s wall)",
+        ["process", "CPU s", "cores busy", "CPU ms / image"],
+        rows,
+    )
+
+
+def latency_rows(label: str, rates: Sequence[float], results: list[StreamResult]) -> list[list]:
+    rows = []
+    for fraction, rate, res in zip(LOAD_FRACTIONS, rates, results, strict=True):
+        p = res.latency()
+        rows.append(
+            [label, f"{fraction:.0%}", rate, res.wall_rate(), len(res.received), p["p50"],
+             p["p95"], p["p99"], p["max"], res.missing]
+        )  # fmt: skip
+    return rows
+
+
+def print_latency(rows: list[list]) -> None:
+    print_table(
+        "end-to-end latency (image sent -> its outcome received), paced producing",
+        ["worker", "load", "offered/s", "achieved/s", "images", "p50 ms", "p95 ms", "p99 ms",
+         "max ms", "missing"],
+        rows,
+    )  # fmt: skip
+
+
+def latency_json(rates: Sequence[float], results: list[StreamResult]) -> dict[str, Any]:
+    return {
+        f"{fraction:.0%}": {"offered_per_s": rate, **res.latency()}
+        for fraction, rate, res in zip(LOAD_FRACTIONS, rates, results, strict=True)
+    }
+
+
+# -- main -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=120, help="images per throughput run")
+    parser.add_argument("--rounds", type=int, default=3, help="bare/pipeline alternations")
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="per paced run")
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=None,
+        help="also run a second stack whose worker caps its Kafka fetch wait at this",
+    )
+    args = parser.parse_args(argv)
+
+    settings = Settings()
+    info = machine()
+    print_machine(info)
+    photos = sample_photos()
+    threads, batch = settings.model.intra_op_threads, settings.batch.size
+    log(f"bare models: loading (intra_op_threads={threads}); batches of {batch}")
+    model = load_face_model(settings)
+    run_bare(model, settings, photos, len(photos))  # warm-up: sessions, memory arenas
+    stages = stage_breakdown(model, settings, photos)
+
+    log("pipeline: starting the embedded stack...")
+    with running_stack(settings) as running:
+        log(f"pipeline: ready in {running.startup.ready_s:.1f} s")
+        warm_up(running, photos)
+        rounds = [
+            run_round(model, running, photos, args.images, f"round{i}")
+            for i in range(1, args.rounds + 1)
+        ]
+        sustained = statistics.median(r.pipe_rate for r in rounds)
+        rates = [f * sustained for f in LOAD_FRACTIONS]
+        latency = run_latency(running, photos, rates, args.latency_seconds, "paced")
+    capped: tuple[Round, list[StreamResult]] | None = None
+    if args.fetch_wait_ms is not None:
+        log(f"second stack: worker fetch wait capped at {args.fetch_wait_ms} ms...")
+        with running_stack(settings, worker_env=fetch_wait_env(args.fetch_wait_ms)) as running:
+            warm_up(running, photos)
+            capped_round = run_round(model, running, photos, args.images, "capped")
+            capped = (
+                capped_round,
+                run_latency(running, photos, rates, args.latency_seconds, "capped-paced"),
+            )
+
+    ratio = statistics.median(r.ratio for r in rounds)
+    efficiency = statistics.median(r.cpu_efficiency for r in rounds)
+    bare_rate = statistics.median(r.bare.images_per_s for r in rounds)
+    bare_faces = statistics.median(r.bare.faces_per_s for r in rounds)
+    pipe_faces = statistics.median(r.pipe_faces_per_s for r in rounds)
+    met = ratio >= RATIO_TARGET
+
+    print_stages(stages)
+    print_rounds(rounds, args.images, threads, batch)
+    print_cpu(rounds)
+    rows = latency_rows("default (Faust fetch wait 1500 ms)", rates, latency)
+    if capped:
+        rows += latency_rows(f"fetch wait capped at {args.fetch_wait_ms} ms", rates, capped[1])
+    print_latency(rows)
+    summary = [
+        ["bare models, images/s (median)", bare_rate],
+        ["bare models, faces/s (median)", bare_faces],
+        ["pipeline, images/s sustained (median)", sustained],
+        ["pipeline, faces/s sustained (median)", pipe_faces],
+        ["ratio pipeline / bare (median of rounds)", ratio],
+        ["target", f">= {RATIO_TARGET}: {'met' if met else 'NOT met'}"],
+        ["CPU efficiency: bare CPU / stack CPU per image (median)", efficiency],
+        ["stack ready (start -> first enrolment acknowledged), s", running.startup.ready_s],
+    ]
+    if capped:
+        summary.append(
+            [f"ratio with fetch wait {args.fetch_wait_ms} ms (1 round)", capped[0].ratio]
+        )
+    print_table("summary", ["figure", "value"], summary)
+
+    figures: dict[str, Any] = {
+        "machine": {**info, "load_avg_1m_end": machine()["load_avg_1m"]},
+        "images_per_run": args.images,
+        "photos": [name for name, _ in photos],
+        "intra_op_threads": threads,
+        "batch_size": batch,
+        "bare_images_per_s": bare_rate,
+        "bare_faces_per_s": bare_faces,
+        "pipeline_images_per_s": sustained,
+        "pipeline_faces_per_s": pipe_faces,
+        "ratio": ratio,
+        "ratio_target": RATIO_TARGET,
+        "ratio_met": met,
+        "cpu_efficiency": efficiency,
+        "rounds": [
+            {
+                "bare_images_per_s": r.bare.images_per_s,
+                "pipeline_images_per_s": r.pipe_rate,
+                "ratio": r.ratio,
+                "cpu_efficiency": r.cpu_efficiency,
+                "foreign_load_cores": list(r.other_load()),
+                "pipeline_cpu_ms_per_image": {
+                    k: 1000 * v / len(r.pipe.received) for k, v in sorted(r.pipe_cpu.items())
+                },
+                "bare_cpu_ms_per_image": 1000 * r.bare.cpu_s / r.bare.images,
+            }
+            for r in rounds
+        ],
+        "startup_ready_s": running.startup.ready_s,
+        "latency_ms": latency_json(rates, latency),
+        "stages_ms": stages,
+    }
+    if capped:
+        figures["fetch_wait_capped"] = {
+            "fetch_max_wait_ms": args.fetch_wait_ms,
+            "ratio": capped[0].ratio,
+            "pipeline_images_per_s": capped[0].pipe_rate,
+            "latency_ms": latency_json(rates, capped[1]),
+        }
+    emit_json("pipeline", figures)
+
+
+if __name__ == "__main__":
+    main()
