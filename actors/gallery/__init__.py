@@ -57,7 +57,7 @@ def current_model(settings: Any) -> str | None:
         client.close()
 
 
-def set_current_model(settings: Any, model_id: str) -> None:
+def set_current_model(settings: Any, model_id: str, client: Any = None) -> None:
     """Point the deployment at ``model_id``'s gallery, atomically."""
     g = settings.gallery
     if g.backend == "edge":
@@ -68,13 +68,15 @@ def set_current_model(settings: Any, model_id: str) -> None:
         return
     from qdrant_client import models as qm
 
-    client = _server_client(settings)
+    # Reuse an open client when given: qdrant-client's local mode allows one per folder.
+    own = client is None
+    client = _server_client(settings) if own else client
     try:
-        ops: list[Any] = [
-            qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=g.collection))
-        ]
-        if not any(a.alias_name == g.collection for a in client.get_aliases().aliases):
-            ops = []
+        ops: list[Any] = []
+        if any(a.alias_name == g.collection for a in client.get_aliases().aliases):
+            ops.append(
+                qm.DeleteAliasOperation(delete_alias=qm.DeleteAlias(alias_name=g.collection))
+            )
         ops.append(
             qm.CreateAliasOperation(
                 create_alias=qm.CreateAlias(
@@ -85,7 +87,8 @@ def set_current_model(settings: Any, model_id: str) -> None:
         )
         client.update_collection_aliases(change_aliases_operations=ops)  # one atomic request
     finally:
-        client.close()
+        if own:
+            client.close()
 
 
 def open_gallery(
@@ -108,7 +111,7 @@ def open_gallery(
         )
     gallery = open_model_gallery(settings, model_id, dim)
     if current is None:
-        set_current_model(settings, model_id)
+        set_current_model(settings, model_id, getattr(gallery, "client", None))
     return gallery
 
 

@@ -141,3 +141,17 @@ def test_sighting_older_than_its_ttl_is_gone_after_the_purge(
 def test_sightings_need_a_retention_period() -> None:
     with pytest.raises(ValueError, match="ttl_s"):
         Settings().override(sightings__enabled=True)
+
+
+def test_server_galleries_are_per_model_behind_an_alias(tmp_path: Path) -> None:
+    from actors.gallery import current_model, open_gallery, set_current_model
+
+    settings = Settings().override(gallery__backend="server", gallery__url=f"path:{tmp_path}")
+    open_gallery(settings, MODEL, 512).close()  # the first gallery becomes the current one
+    assert current_model(settings) == MODEL
+    with pytest.raises(ModelMismatch, match="reindex"):
+        open_gallery(settings, "buffalo_l/w600k_r50@other", 512, must_be_current=True)
+    open_gallery(settings, "buffalo_l/w600k_r50@other", 512).close()  # built, not switched
+    assert current_model(settings) == MODEL
+    set_current_model(settings, "buffalo_l/w600k_r50@other")  # the atomic switch
+    assert current_model(settings) == "buffalo_l/w600k_r50@other"

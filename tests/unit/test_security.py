@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 
 import pytest
 
@@ -63,7 +62,7 @@ def test_password_is_masked_in_reprs_but_reaches_child_processes() -> None:
     assert settings.env()["FACESTREAM_KAFKA__SECURITY__SASL_PASSWORD"] == "s3cret"
 
 
-def test_ssl_client_certificates_are_loaded(tmp_path: Path) -> None:
+def test_ssl_client_certificates_are_loaded() -> None:
     settings = Settings(kafka={"security": {"protocol": "SSL", "ssl_cafile": "/nonexistent"}})
     with pytest.raises(FileNotFoundError):
         aiokafka_kwargs(settings.kafka.security)
