@@ -20,7 +20,7 @@ from actors.models import load_face_model
 from bench.common import emit_json, log, machine, print_machine, print_table, sample_photos
 from bench.flow import fetch_wait_env, images_for, running_stack, stream
 from bench.pipeline import run_bare, run_round, warm_up
-from facestream.settings import Settings
+from core.settings import Settings
 
 LIGHT_RATE = 2.0  # images/s: well under saturation, so batches rarely fill
 

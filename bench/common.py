@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from core.settings import Settings
 from facestream.samples import ensure_samples
-from facestream.settings import Settings
 
 # Other photos of enrolled people (obama2/3, biden2), one person never enrolled (yaoming), and
 # two groups of strangers (t1: 6 faces, gdp: 5 faces). 6 images, 15 faces.

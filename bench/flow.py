@@ -19,9 +19,9 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import ENROLMENTS, CpuMeter, percentiles
+from core.settings import Settings
 from facestream.embedded import EmbeddedStack, free_port
 from facestream.samples import ensure_samples
-from facestream.settings import Settings
 from streams.clients import ImageToSend, outcome_topics, producer, request_enrollment
 from streams.enrollment import EnrollmentRequest, Photo
 from streams.records import image_headers

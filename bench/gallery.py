@@ -38,7 +38,7 @@ import qdrant_edge as qe
 from actors.gallery.base import point_id
 from actors.gallery.edge import EdgeGallery
 from bench.common import CpuMeter, emit_json, log, machine, print_machine, print_table
-from facestream.settings import Settings
+from core.settings import Settings
 
 DIM = 512
 P99_TARGET_MS = 5.0

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from actors.models import FaceModel, ImageFaces, load_face_model
-from actors.models.quality import measure
 from bench.common import (
     CpuMeter,
     emit_json,
@@ -47,8 +46,9 @@ from bench.flow import (
     running_stack,
     stream,
 )
-from facestream.imaging import decode_image
-from facestream.settings import Settings
+from core.imaging import decode_image
+from core.quality import measure
+from core.settings import Settings
 
 RATIO_TARGET = 0.90
 LOAD_FRACTIONS = (0.5, 0.8)

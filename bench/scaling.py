@@ -47,9 +47,9 @@ from bench.flow import (
     stream,
 )
 from bench.pipeline import run_bare
+from core.settings import Settings
 from facestream.embedded import EmbeddedStack
 from facestream.samples import ensure_samples
-from facestream.settings import Settings
 from streams.clients import request_enrollment
 
 BROKER = "broker (Tansu)"

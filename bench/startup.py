@@ -31,9 +31,9 @@ from bench.common import (
     print_table,
 )
 from bench.flow import running_stack
-from facestream.settings import Settings
+from core.settings import Settings
 
-# The worker's log lines that mark its way to ready (see actors/remote.py and Faust).
+# The worker's log lines that mark its way to ready (see actors/cluster.py and Faust).
 MILESTONES = {
     "local Ray started (ray.init in the worker)": "Started a local Ray instance",
     "actors up (model loaded, gallery open)": "gallery ready",

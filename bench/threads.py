@@ -35,7 +35,7 @@ from bench.common import (
 )
 from bench.flow import running_stack
 from bench.pipeline import run_bare, run_round, warm_up
-from facestream.settings import Settings
+from core.settings import Settings
 
 
 def child(images: int) -> None:

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 import click
 from rich.progress import Progress
 
+from core.settings import Settings
 from facestream.render import console, event_line, kv_table, rows_table
-from facestream.settings import Settings
 from facestream.tally import Tally
 
 if TYPE_CHECKING:
     from facestream.embedded import EmbeddedStack
-    from facestream.prometheus import PrometheusServer
+    from facestream.prometheus_server import PrometheusServer
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -113,7 +113,7 @@ def _start_prometheus(settings: Settings, stack: EmbeddedStack, run_dir: Path) -
     with the project's recording rules and alerts (infra/prometheus/rules)."""
     from urllib.parse import urlsplit
 
-    from facestream import prometheus
+    from facestream import prometheus_server as prometheus
 
     url = urlsplit(settings.metrics.prometheus_url)
     folder = run_dir / "prometheus"
@@ -136,7 +136,8 @@ def _start_prometheus(settings: Settings, stack: EmbeddedStack, run_dir: Path) -
 @click.option("--json", "as_json", is_flag=True, help="one JSON object")
 def status(url: str | None, window: str, as_json: bool) -> None:
     """Throughput, consumer lag, latency, errors and firing alerts, from Prometheus."""
-    from facestream.prometheus import PrometheusError, status_rows, status_summary
+    from facestream.prometheus_api import PrometheusError
+    from facestream.status import status_rows, status_summary
 
     url = url or _settings().metrics.prometheus_url
     try:
@@ -152,7 +153,7 @@ def status(url: str | None, window: str, as_json: bool) -> None:
 @main.command()
 def worker() -> None:
     """Run one Faust worker against the configured broker, Ray and gallery."""
-    from streams.app import run_worker
+    from facestream.worker import run_worker
 
     run_worker(_settings())
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from core.settings import Settings
 from facestream.embedded import EmbeddedStack, free_port
 from facestream.render import console, event_line, kv_table
 from facestream.samples import ensure_samples
-from facestream.settings import Settings
 from facestream.tally import Tally
 from streams.clients import (
     ImageToSend,

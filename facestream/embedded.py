@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from facestream.settings import Settings
+from core.settings import Settings
 from streams.topics import ensure_topics
 
 

@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw
 
 from actors.gallery.server import ServerGallery
 from actors.models import FaceModel, ImageFaces, load_face_model
-from actors.models.quality import assess
-from facestream.settings import QualityGates, Settings
+from core.quality import assess
+from core.settings import QualityGates, Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 THRESHOLDS = [0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6]

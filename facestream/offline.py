@@ -11,10 +11,10 @@ from typing import Any
 
 from actors.gallery import Gallery, current_model, gallery_folder, open_gallery
 from actors.models import load_face_model
-from facestream.decisions import Decision, SearchPlan
-from facestream.events import ImageMeta, dlq_event, match_event
-from facestream.imaging import ImageRejected
-from facestream.settings import Settings
+from core.decisions import Decision, SearchPlan
+from core.events import ImageMeta, dlq_event, match_event
+from core.imaging import ImageRejected
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
         return None
     import ray
 
-    from actors.remote import find_gallery
+    from actors.cluster import find_gallery
 
     try:
         ray.init(
@@ -117,7 +117,7 @@ def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
     except (ConnectionError, RuntimeError):
         return None  # the owner is gone: the gallery can be opened directly
     try:
-        return ray.get(getattr(find_gallery(settings, model_id), method).remote(*args))
+        return ray.get(find_gallery(settings, model_id).call.remote(method, *args))
     except ValueError:
         print("no running deployment found in Ray; reading the gallery directly", file=sys.stderr)
         return None

@@ -12,35 +12,19 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
-from types import SimpleNamespace
 from typing import Any
 
+from actors.compute import LocalCompute
 from actors.gallery import (
-    Gallery,
     gallery_folder,
     model_slug,
     open_model_gallery,
     set_current_model,
 )
-from actors.models import FaceModel, ImageFaces, load_face_model
-from facestream.imaging import ImageRejected
-from facestream.settings import Settings
+from actors.models import load_face_model
+from core.settings import Settings
 from streams.clients import read_to_end
 from streams.processor import EnrollmentProcessor
-
-
-class LocalCalls:
-    """The ``ActorCalls`` interface, served in this process (no Ray, no worker needed)."""
-
-    def __init__(self, settings: Settings, model: FaceModel, gallery: Gallery) -> None:
-        self.settings, self.model, self._gallery = settings, model, gallery
-        self.actors = SimpleNamespace(model_id=model.model_id, embedding_dim=model.embedding_dim)
-
-    async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
-        return self.model.analyze_bytes(blobs, self.settings.limits)
-
-    async def gallery(self, method: str, *args: Any) -> Any:
-        return getattr(self._gallery, method)(*args)
 
 
 def _drop(settings: Settings, model_id: str) -> None:
@@ -61,7 +45,7 @@ async def reindex(settings: Settings) -> dict[str, Any]:
     model = load_face_model(settings)
     _drop(settings, model.model_id)
     gallery = open_model_gallery(settings, model.model_id, model.embedding_dim)
-    processor = EnrollmentProcessor(settings, LocalCalls(settings, model, gallery))
+    processor = EnrollmentProcessor(settings, LocalCompute(settings, model, gallery))
     counts: Counter[str] = Counter()
     try:
         async for record in read_to_end(settings, settings.topics.enrollments):

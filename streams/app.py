@@ -14,13 +14,12 @@ from typing import Any
 
 import faust
 
-from actors.remote import Actors, connect_ray, ensure_actors
-from facestream import metrics
-from facestream.events import encode
-from facestream.retry import retry
-from facestream.settings import Settings
-from streams import observe
-from streams.processor import ActorCalls, EnrollmentProcessor, ImageProcessor
+from core.compute import Compute
+from core.events import encode
+from core.retry import retry
+from core.settings import Settings
+from streams import metrics, observe
+from streams.processor import EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
 from streams.security import faust_credentials
 
@@ -51,7 +50,7 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings, actors: Actors) -> faust.App:
+def create_app(settings: Settings, compute: Compute) -> faust.App:
     app = faust.App(settings.kafka.app_id, **faust_config(settings))
     t = settings.topics
 
@@ -70,9 +69,8 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
     enrollments, acks = raw_topic(t.enrollments, 1), raw_topic(t.enrollment_acks, 1)
     audit = raw_topic(t.audit)
 
-    calls = ActorCalls(settings, actors)
-    image_processor = ImageProcessor(settings, calls)
-    enrollment_processor = EnrollmentProcessor(settings, calls)
+    image_processor = ImageProcessor(settings, compute)
+    enrollment_processor = EnrollmentProcessor(settings, compute)
     wait_s = settings.batch.wait_ms / 1000
 
     async def deliver(sends: list[tuple[faust.TopicT, str, bytes | None]]) -> None:
@@ -160,7 +158,7 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
                     metrics.LAG.remove(tp.topic, str(tp.partition))
             reported.clear()
             reported.update(assigned)
-            metrics.GALLERY_SIZE.set(await calls.gallery("size"))
+            metrics.GALLERY_SIZE.set(await compute.size())
         except Exception:
             log.exception("updating gauges failed")
 
@@ -170,7 +168,7 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
         async def purge_sightings() -> None:
             """Retention: expired sightings are deleted (idempotent; every worker may run it)."""
             try:
-                removed = await calls.gallery("purge_sightings")
+                removed = await compute.purge_sightings()
             except Exception:  # a failed purge is retried at the next tick, never fatal
                 log.exception("purging sightings failed")
                 return
@@ -178,27 +176,3 @@ def create_app(settings: Settings, actors: Actors) -> faust.App:
                 log.info("purged %d expired sightings", removed)
 
     return app
-
-
-def run_worker(settings: Settings) -> None:
-    """Connect to Ray (before Faust replaces stdio), make sure the actors exist, run Faust."""
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    connect_ray(settings)
-    actors = ensure_actors(settings)
-    if settings.metrics.enabled:
-        try:
-            metrics.serve(settings.metrics.host, settings.metrics.port)
-        except OSError as exc:  # a worker must not die for its metrics
-            log.error(
-                "metrics endpoint %s:%d unavailable: %s",
-                settings.metrics.host,
-                settings.metrics.port,
-                exc,
-            )
-        gpu_requested = str(settings.ray.model_num_gpus > 0).lower()
-        metrics.MODEL_INFO.labels(actors.model_id, actors.providers[0], gpu_requested).set(1)
-    app = create_app(settings, actors)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
-    worker.execute_from_commandline()

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from facestream.settings import Settings
+from core.settings import Settings
 from streams.enrollment import EnrollmentRequest
 from streams.records import image_headers
 from streams.security import aiokafka_kwargs

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from facestream import metrics as m
+from streams import metrics as m
 from streams.records import ImageMessage
 
 
@@ -60,10 +60,9 @@ def enrolment(ack: dict[str, Any]) -> None:
         m.ENROLMENTS.labels(result="ok" if ack["ok"] else "refused").inc()
 
 
-def failed_call(call: str, exc: Exception) -> None:
-    """A retried call; an actor death means Ray is restarting that actor."""
-    import ray.exceptions
-
+def failed_call(call: str, actor_restarting: bool) -> None:
+    """A retried call (``call``: "model" or "gallery"); ``actor_restarting``: the actor died
+    and its runtime is bringing it back."""
     m.RETRIES.labels(call=call).inc()
-    if isinstance(exc, ray.exceptions.RayActorError):
-        m.ACTOR_RESTARTS.labels(actor="gallery" if call == "gallery" else "model").inc()
+    if actor_restarting:
+        m.ACTOR_RESTARTS.labels(actor=call).inc()

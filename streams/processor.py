@@ -1,29 +1,25 @@
 """Small processors with one job each: turn a batch of Kafka records into outcome events.
 
 They hold no Kafka state; the Faust agents (``streams.app``) feed them and publish what they
-return. All compute goes to the Ray actors.
+return. All compute goes through ``core.compute.Compute`` (the Ray actors, in a worker).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import ray
 
-from actors.models.base import ImageFaces
-from actors.models.quality import assess
-from actors.remote import Actors
-from facestream import audit
-from facestream.decisions import Decision, SearchPlan
-from facestream.events import dlq_event, match_event
-from facestream.imaging import ImageRejected, Reason, check_size
-from facestream.retry import retry
-from facestream.settings import Settings
+from core import audit
+from core.compute import Compute
+from core.decisions import Decision, SearchPlan
+from core.events import dlq_event, match_event
+from core.faces import ImageFaces
+from core.imaging import ImageRejected, Reason, check_size
+from core.quality import assess
+from core.settings import Settings
 from streams import observe
 from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, Photo, ack
 from streams.records import ImageMessage
@@ -39,67 +35,11 @@ class Outcome:
     audit: dict[str, Any]
 
 
-class ActorCalls:
-    """Calls into the actors, retried with backoff; round-robin over model replicas.
-
-    Model calls give up after ``retry.attempts`` (an image may be killing the model). Gallery
-    calls never give up: an unreachable gallery makes the worker wait, and nothing is
-    acknowledged meanwhile.
-    """
-
-    def __init__(self, settings: Settings, actors: Actors) -> None:
-        self.settings = settings
-        self.actors = actors
-        self._turn = itertools.count()
-        # Replica index -> time until which it is avoided after a failure (while it restarts),
-        # so that a retry goes to a healthy replica when there is one.
-        self._avoid_until: dict[int, float] = {}
-
-    def _next_replica(self) -> int:
-        n, now = len(self.actors.models), time.monotonic()
-        start = next(self._turn)
-        for i in range(start, start + n):
-            if self._avoid_until.get(i % n, 0.0) <= now:
-                return i % n
-        return start % n  # all are failing: keep trying in turn
-
-    async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
-        # Into the object store once, not once per attempt.
-        payload = ray.put(blobs) if ray.is_initialized() else blobs
-        replica = 0
-
-        def call() -> Any:
-            nonlocal replica
-            replica = self._next_replica()
-            return self.actors.models[replica].analyze.remote(payload)
-
-        def failed(exc: Exception) -> None:
-            self._avoid_until[replica] = time.monotonic() + 10 * self.settings.retry.backoff_s
-            observe.failed_call("model", exc)
-
-        return await retry(
-            call,
-            on_failure=failed,
-            what="model call",
-            attempts=self.settings.retry.attempts,
-            backoff_s=self.settings.retry.backoff_s,
-        )
-
-    async def gallery(self, method: str, *args: Any) -> Any:
-        return await retry(
-            lambda: getattr(self.actors.gallery, method).remote(*args),
-            on_failure=lambda exc: observe.failed_call("gallery", exc),
-            what=f"gallery {method}",
-            attempts=None,
-            backoff_s=self.settings.retry.backoff_s,
-        )
-
-
 class ImageProcessor:
-    def __init__(self, settings: Settings, calls: ActorCalls) -> None:
+    def __init__(self, settings: Settings, compute: Compute) -> None:
         self.settings = settings
-        self.calls = calls
-        self.decision = Decision(calls.actors.model_id, settings.matching.threshold)
+        self.compute = compute
+        self.decision = Decision(compute.model_id, settings.matching.threshold)
 
     async def process(self, messages: list[ImageMessage]) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
@@ -123,7 +63,7 @@ class ImageProcessor:
         """Analyze a batch; if it keeps failing, retry its images one by one so that only an
         image that kills the model goes to the DLQ, not its batch-mates."""
         try:
-            return await self.calls.analyze(blobs)
+            return await self.compute.analyze(blobs)
         except Exception as exc:
             if len(blobs) == 1:
                 attempts = self.settings.retry.attempts
@@ -140,15 +80,11 @@ class ImageProcessor:
         with observe.stage("model_call"):
             results = await self._analyze_isolating([m.data for m in messages])
         analysed = [r for r in results if isinstance(r, ImageFaces)]
-        plan = SearchPlan.of(
-            analysed, self.settings.quality.search, self.calls.actors.embedding_dim
-        )
+        plan = SearchPlan.of(analysed, self.settings.quality.search, self.compute.embedding_dim)
         found = []
         if len(plan.embeddings):
             with observe.stage("gallery_call"):
-                found = await self.calls.gallery(
-                    "search", plan.embeddings, self.settings.matching.top_k
-                )
+                found = await self.compute.search(plan.embeddings, self.settings.matching.top_k)
         per_image = iter(zip(plan.candidates(found), plan.reasons, strict=True))
         out: dict[int, Outcome] = {}
         unknown: list[tuple[np.ndarray, dict[str, Any]]] = []
@@ -166,7 +102,7 @@ class ImageProcessor:
             ]
         if unknown and self.settings.sightings.enabled:  # opt-in; nothing kept otherwise
             vectors, metas = zip(*unknown, strict=True)
-            await self.calls.gallery("record_sightings", np.stack(vectors), list(metas))
+            await self.compute.record_sightings(np.stack(vectors), list(metas))
         return out
 
     def _dlq(self, msg: ImageMessage, reason: str, message: str) -> Outcome:
@@ -186,9 +122,9 @@ class EnrollmentResult:
 class EnrollmentProcessor:
     """Applies the enrolment log to the gallery: enrolments (all photos or none) and erasures."""
 
-    def __init__(self, settings: Settings, calls: ActorCalls) -> None:
-        self.calls = calls
-        self.model_id = calls.actors.model_id
+    def __init__(self, settings: Settings, compute: Compute) -> None:
+        self.compute = compute
+        self.model_id = compute.model_id
         self.gates = settings.quality.enrol
         self.require_basis = settings.privacy.require_basis
 
@@ -215,8 +151,8 @@ class EnrollmentProcessor:
 
     async def _erase(self, req: EnrollmentRequest) -> EnrollmentResult:
         """Every vector and payload of the person, then (by tombstone) the enrolment records."""
-        stored = await self.calls.gallery("show", req.identity)
-        removed = await self.calls.gallery("delete", req.identity)
+        stored = await self.compute.show(req.identity)
+        removed = await self.compute.delete(req.identity)
         photos = sorted({p["photo"] for p in stored})
         reply = ack(
             req.request_id,
@@ -257,13 +193,13 @@ class EnrollmentProcessor:
             )
         if not req.photos:
             return refuse(EnrollmentReason.BAD_REQUEST, "an enrolment needs at least one photo")
-        results = await self.calls.analyze([p.data for p in req.photos])
+        results = await self.compute.analyze([p.data for p in req.photos])
         for photo, result in zip(req.photos, results, strict=True):
             if problem := self._photo_problem(photo, result):
                 return refuse(*problem, photo.name)
         embeddings = np.concatenate([r.embeddings for r in results])
         photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
-        await self.calls.gallery("add", req.identity, req.name, embeddings, photos, req.basis)
+        await self.compute.add(req.identity, req.name, embeddings, photos, req.basis)
         return ack(
             req.request_id,
             req.identity,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from facestream.events import ImageMeta
+from core.events import ImageMeta
 
 HEADER_IMAGE_ID = "image-id"
 HEADER_SOURCE = "source"

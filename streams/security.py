@@ -7,7 +7,7 @@ from typing import Any
 
 from aiokafka.helpers import create_ssl_context
 
-from facestream.settings import KafkaSecurity
+from core.settings import KafkaSecurity
 
 
 def ssl_context(sec: KafkaSecurity) -> SSLContext | None:

@@ -10,7 +10,7 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from facestream.settings import Settings
+from core.settings import Settings
 from streams.security import aiokafka_kwargs
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from facestream.embedded import EmbeddedStack, free_port
-from facestream.settings import Settings
 from streams.clients import ImageToSend, request_enrollment
 from streams.enrollment import EnrollmentRequest, Photo
 from tests.flow import RawRecord, run_flow

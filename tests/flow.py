@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from facestream.settings import Settings
+from core.settings import Settings
 from streams.clients import ImageToSend, outcome_topics, producer, tail
 from streams.records import image_headers
 

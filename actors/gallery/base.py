@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from core.faces import Candidate
+
 _POINT_NAMESPACE = uuid.UUID("6f1d3a52-8a4e-4f3c-9a55-1c2b7f0e9d11")
 # Search this many points per wanted identity, so that a person with several photos does not
 # crowd the others out of the top-k.
@@ -30,12 +32,6 @@ class GalleryError(RuntimeError):
 
 class ModelMismatch(GalleryError):
     pass
-
-
-@dataclass(frozen=True)
-class Candidate:
-    identity: str
-    similarity: float
 
 
 @dataclass(frozen=True)

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from actors.models.quality import FaceQuality, measure
-from facestream.imaging import ImageRejected, decode_image
-from facestream.settings import ImageLimits
-
-
-@dataclass
-class DetectedFace:
-    bbox: list[float]  # x1, y1, x2, y2 in pixels of the (orientation-corrected) image
-    landmarks: list[list[float]]  # 5 points: eyes, nose, mouth corners
-    det_score: float
-    quality: FaceQuality | None = None  # set by analyze(), from the aligned crop
-
-
-@dataclass
-class ImageFaces:
-    """Every face of one image, with their L2-normalised embeddings (n, dim) float32."""
-
-    faces: list[DetectedFace] = field(default_factory=list)
-    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 512), np.float32))
+from core.faces import DetectedFace, ImageFaces
+from core.imaging import ImageRejected, decode_image
+from core.quality import measure
+from core.settings import ImageLimits
 
 
 class FaceModel(ABC):

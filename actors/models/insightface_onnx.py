@@ -12,7 +12,7 @@ from insightface.utils import face_align
 
 from actors.models.base import DetectedFace, FaceModel
 from actors.models.packs import ModelPack, ModelPackError
-from facestream.settings import ModelSettings
+from core.settings import ModelSettings
 
 log = logging.getLogger(__name__)
 

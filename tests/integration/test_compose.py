@@ -18,7 +18,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from facestream.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -34,21 +34,18 @@ import pytest
 import yaml
 from PIL import Image
 
-from actors.remote import model_actor_names
-from facestream import render_dashboard as rd
+from actors.cluster import model_actor_names
+from core.settings import Settings
+from devtools import render_dashboard as rd
 from facestream.embedded import EmbeddedStack, free_port
-from facestream.prometheus import (
+from facestream.prometheus_api import loaded_rules, query, wait_for_targets
+from facestream.prometheus_server import (
     INSTALL_HINT,
     RULE_FILES,
-    loaded_rules,
-    query,
     start_prometheus,
-    status_rows,
-    status_summary,
-    wait_for_targets,
     write_local_config,
 )
-from facestream.settings import Settings
+from facestream.status import status_rows, status_summary
 from streams.clients import ImageToSend
 from tests.conftest import Pipeline, embedded_settings, unique
 from tests.integration.test_quality import tiny

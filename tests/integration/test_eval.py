@@ -50,8 +50,8 @@ def test_eval_counts_an_impostor_above_the_threshold_as_a_false_match(
     samples: Path, tmp_path: Path
 ) -> None:
     """Putting an enrolled person's other photo among the impostors must raise FPIR."""
+    from core.settings import Settings
     from facestream.evaluation import evaluate
-    from facestream.settings import Settings
 
     labelled, impostors = layout_eval_set(samples, tmp_path / "set")
     (impostors / "obama2.jpg").write_bytes((samples / "obama2.jpg").read_bytes())

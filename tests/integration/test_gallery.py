@@ -13,7 +13,7 @@ import pytest
 from actors.gallery import Gallery, GalleryError, ModelMismatch
 from actors.gallery.edge import EdgeGallery
 from actors.gallery.server import ServerGallery
-from facestream.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 MODEL = "buffalo_s/w600k_mbf@test"

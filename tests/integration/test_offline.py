@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from actors.gallery import open_gallery
-from facestream.settings import Settings
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from streams.enrollment import EnrollmentRequest, Photo
 from tests.conftest import BASIS, Pipeline, unique
 
 pytestmark = pytest.mark.integration
-SCHEMAS = Path(__file__).parents[2] / "facestream" / "schemas"
+SCHEMAS = Path(__file__).parents[2] / "core" / "schemas"
 
 
 def _bytes(samples: Path, name: str) -> bytes:

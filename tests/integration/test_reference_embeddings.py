@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facestream.imaging import decode_image
-from facestream.settings import Settings
+from core.imaging import decode_image
+from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 PHOTOS = ["obama.jpg", "obama2.jpg", "biden.jpg", "biden2.jpg", "t1.jpg", "players.jpg"]

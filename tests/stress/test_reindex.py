@@ -16,8 +16,8 @@ import pytest
 
 from actors.gallery import current_model
 from actors.models.packs import resolve_pack
+from core.settings import Settings
 from facestream.embedded import Worker
-from facestream.settings import Settings
 from streams.clients import ImageToSend
 from tests.conftest import unique
 from tests.flow import run_flow

@@ -31,8 +31,8 @@ pytestmark = pytest.mark.stress
 # in the test process would keep the first auth token it loaded (Ray caches it) for good.
 CLUSTER_VIEW = """
 import json, ray
-from actors.remote import gallery_actor_name, model_actor_names
-from facestream.settings import Settings
+from actors.cluster import gallery_actor_name, model_actor_names
+from core.settings import Settings
 
 settings = Settings()
 ray.init(address=settings.ray.address, namespace=settings.ray.namespace, log_to_driver=False,
@@ -164,7 +164,7 @@ def wait_for_split(
 def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_node_go(
     samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two model replicas of one CPU each, placed with SPREAD (actors/remote.py): two nodes.
+    # Two model replicas of one CPU each, placed with SPREAD (actors/cluster.py): two nodes.
     # new_stack takes its settings from the environment.
     monkeypatch.setenv("FACESTREAM_RAY__MODEL_REPLICAS", "2")
     stack, _ = new_stack(samples, workers=2, shared_ray=True, ray_nodes=2)

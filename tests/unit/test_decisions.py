@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.gallery.base import Candidate
-from actors.models.base import DetectedFace, ImageFaces
-from actors.models.quality import FaceQuality, assess, measure
-from facestream.decisions import SearchPlan, face_record
-from facestream.settings import QualityGates
+from core.decisions import SearchPlan, face_record
+from core.faces import Candidate, DetectedFace, ImageFaces
+from core.quality import FaceQuality, assess, measure
+from core.settings import QualityGates
 
 GATES = QualityGates(min_face_px=24, min_det_score=0.5, min_sharpness=40, max_abs_yaw=0.7)
 GOOD = FaceQuality(size=100, sharpness=300, yaw=0.1)

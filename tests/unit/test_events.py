@@ -8,11 +8,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-import facestream.events
-from actors.gallery.base import Candidate
-from actors.models.base import DetectedFace, ImageFaces
-from facestream.events import Decision, ImageMeta, dlq_event, encode, face_record, match_event
-from facestream.imaging import Reason
+import core.events
+from core.events import Decision, ImageMeta, dlq_event, encode, face_record, match_event
+from core.faces import Candidate, DetectedFace, ImageFaces
+from core.imaging import Reason
 
 FACE = DetectedFace(
     bbox=[1.0, 2.0, 30.5, 40.25],
@@ -21,7 +20,7 @@ FACE = DetectedFace(
 )
 META = ImageMeta("images/0/42", source="cam-1", captured_at="2024-05-01T12:00:00Z")
 DECISION = Decision("pack/rec@abc", 0.4)
-SCHEMAS = Path(facestream.events.__file__).parent / "schemas"
+SCHEMAS = Path(core.events.__file__).parent / "schemas"
 
 
 def schema(name: str) -> jsonschema.Draft202012Validator:

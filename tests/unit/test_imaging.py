@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from actors.models.base import DetectedFace, FaceModel
-from facestream.imaging import ImageRejected, decode_image
-from facestream.settings import ImageLimits
+from core.imaging import ImageRejected, decode_image
+from core.settings import ImageLimits
 
 LIMITS = ImageLimits()
 RED = (255, 0, 0)

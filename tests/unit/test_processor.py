@@ -1,4 +1,5 @@
-"""The processors against fake actor handles: ``.remote()`` returns an awaitable, like Ray."""
+"""The processors on ``RayCompute`` over fake actor handles: ``.remote()`` returns an awaitable,
+like Ray."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ from typing import Any
 import jsonschema
 import numpy as np
 
-import facestream.events
-from actors.gallery.base import Candidate
-from actors.models.base import DetectedFace, ImageFaces
-from actors.remote import Actors
-from facestream.events import ImageMeta, encode
-from facestream.imaging import ImageRejected
-from facestream.settings import Settings
+import core.events
+from actors.cluster import Actors
+from actors.compute import RayCompute
+from core.events import ImageMeta, encode
+from core.faces import Candidate, DetectedFace, ImageFaces
+from core.imaging import ImageRejected
+from core.settings import Settings
 from streams.enrollment import EnrollmentRequest, Photo
-from streams.processor import ActorCalls, EnrollmentProcessor, EnrollmentResult, ImageProcessor
+from streams.processor import EnrollmentProcessor, EnrollmentResult, ImageProcessor
 from streams.records import ImageMessage
 
 DIM = 4
 SETTINGS = Settings().override(retry__backoff_s=0.0)
-SCHEMAS = Path(facestream.events.__file__).parent / "schemas"
+SCHEMAS = Path(core.events.__file__).parent / "schemas"
 MATCH = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "match-event.v1.json").read_text()))
 DLQ = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "dlq-event.v1.json").read_text()))
 AUDIT = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "audit-event.v1.json").read_text()))
@@ -66,6 +67,23 @@ class FakeGallery:
             ][:removed]
         )
 
+    @property
+    def call(self) -> Dispatch:
+        return Dispatch(self)
+
+
+class Dispatch:
+    """The gallery actor's one entry point, ``call.remote(method, *args)``, onto the fake's
+    per-method recorders."""
+
+    NAMES = {"sightings.record": "record_sightings", "sightings.purge": "purge_sightings"}
+
+    def __init__(self, gallery: FakeGallery) -> None:
+        self.gallery = gallery
+
+    def remote(self, method: str, *args: Any) -> Any:
+        return getattr(self.gallery, self.NAMES.get(method, method)).remote(*args)
+
 
 def faces(*codes: int) -> ImageFaces:
     """An analysis whose face k has bbox x1 = codes[k] and embedding[0] = codes[k]."""
@@ -84,7 +102,7 @@ def actors(*models: FakeModel, gallery: FakeGallery | None = None) -> Actors:
 
 
 def image_processor(acts: Actors, settings: Settings = SETTINGS) -> ImageProcessor:
-    return ImageProcessor(settings, ActorCalls(settings, acts))
+    return ImageProcessor(settings, RayCompute(settings, acts))
 
 
 def msg(image_id: str, data: bytes) -> ImageMessage:
@@ -242,7 +260,7 @@ def test_unreachable_gallery_is_waited_for_not_turned_into_dlq_events() -> None:
 def enrollment(
     model: FakeModel, gallery: FakeGallery, raw: bytes | None, settings: Settings = SETTINGS
 ) -> EnrollmentResult | None:
-    proc = EnrollmentProcessor(settings, ActorCalls(settings, actors(model, gallery=gallery)))
+    proc = EnrollmentProcessor(settings, RayCompute(settings, actors(model, gallery=gallery)))
     result = asyncio.run(proc.process(raw))
     if result is not None:
         AUDIT.validate(json.loads(encode(result.audit)))

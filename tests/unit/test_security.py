@@ -7,7 +7,7 @@ import ssl
 import pytest
 
 from actors.gallery.server import make_client
-from facestream.settings import Settings
+from core.settings import Settings
 from streams.app import faust_config
 from streams.security import aiokafka_kwargs
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from facestream.settings import PROFILE_TUNING, Settings
+from core.settings import PROFILE_TUNING, Settings
 
 
 def test_env_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,10 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from actors.gallery.base import Candidate
-from actors.models.base import DetectedFace, ImageFaces
-from actors.models.quality import assess
-from facestream.settings import QualityGates
+from core.faces import Candidate, DetectedFace, ImageFaces
+from core.quality import assess
+from core.settings import QualityGates
 
 
 @dataclass(frozen=True)

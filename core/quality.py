@@ -48,7 +48,7 @@ def measure(crop_bgr: np.ndarray, landmarks: np.ndarray, bbox: list[float]) -> F
 
 
 def assess(quality: FaceQuality, det_score: float, gates: object) -> list[str]:
-    """Reasons why a face fails ``gates`` (a ``facestream.settings.QualityGates``)."""
+    """Reasons why a face fails ``gates`` (a ``core.settings.QualityGates``)."""
     reasons = []
     if quality.size < gates.min_face_px:
         reasons.append(FaceReason.SMALL)

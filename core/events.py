@@ -1,6 +1,6 @@
 """Outcome events: one per input image, on ``matches`` or on ``images.dlq``.
 
-The JSON Schemas live in ``facestream/schemas/``; bump the version in ``schema`` on any
+The JSON Schemas live in ``core/schemas/``; bump the version in ``schema`` on any
 incompatible change.
 """
 
@@ -11,9 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from actors.gallery.base import Candidate
-from actors.models.base import ImageFaces
-from facestream.decisions import Decision, face_record
+from core.decisions import Decision, face_record
+from core.faces import Candidate, ImageFaces
 
 MATCH_SCHEMA = "facestream.match/v1"
 DLQ_SCHEMA = "facestream.dlq/v1"

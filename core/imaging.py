@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from facestream.settings import ImageLimits
+from core.settings import ImageLimits
 
 # Pillow's own bomb guard would raise before ours with a less useful message.
 Image.MAX_IMAGE_PIXELS = None

@@ -14,8 +14,7 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+from core.buckets import LATENCY_BUCKETS, STAGE_BUCKETS
 
 IMAGES = Counter(
     "facestream_images_total", "Images consumed, by outcome and source", ["outcome", "source"]
@@ -87,7 +86,7 @@ class SourceLabels:
 def _create_known_series() -> None:
     """Export every known label value at 0, so that the first event of each is visible to
     rate() and increase() (a labelled series otherwise appears at its first increment)."""
-    from facestream.imaging import Reason
+    from core.imaging import Reason
 
     for decision in ("match", "unknown", "rejected"):
         FACES.labels(decision=decision)

@@ -1,5 +1,5 @@
 """Audit records: every identification decision and every gallery change, on the ``audit``
-topic (schema ``facestream/schemas/audit-event.v1.json``). Never image bytes or embeddings:
+topic (schema ``core/schemas/audit-event.v1.json``). Never image bytes or embeddings:
 who was decided about, by which model and threshold, with what result."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import socket
 from typing import Any
 
-from facestream.events import utc_now
+from core.events import utc_now
 
 AUDIT_SCHEMA = "facestream.audit/v1"
 WORKER = f"{socket.gethostname()}:{os.getpid()}"

@@ -1,6 +1,6 @@
 """Render a Grafana dashboard's panels from a real Prometheus to a PNG, without Grafana.
 
-    python -m facestream.render_dashboard --url http://127.0.0.1:9090 \\
+    python -m devtools.render_dashboard --url http://127.0.0.1:9090 \\
         --dashboard infra/grafana/dashboards/overview.json --out docs/dashboard.png
 
 Grafana cannot run on every machine (it is in none of the package registries this project
@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from facestream.prometheus import query, query_range
+from facestream.prometheus_api import query, query_range
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARDS = ROOT / "infra" / "grafana" / "dashboards"
@@ -347,7 +347,7 @@ def render(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m facestream.render_dashboard", description=__doc__.split("\n\n")[0]
+        prog="python -m devtools.render_dashboard", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--url", default="http://127.0.0.1:9090", help="Prometheus")
     parser.add_argument("--dashboard", type=Path, default=DASHBOARDS / "overview.json")

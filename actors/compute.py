@@ -1,0 +1,151 @@
+"""``core.compute.Compute`` implemented: on Ray (workers) or in this process (tools).
+
+Both share the typed gallery methods; they differ in how a call reaches the model and the
+gallery (``_analyze`` / ``_gallery``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from actors.cluster import Actors
+from actors.gallery import Gallery
+from actors.models import FaceModel
+from core.faces import Candidate, ImageFaces
+from core.imaging import ImageRejected
+from core.retry import retry
+from core.settings import Settings
+
+
+class GalleryCalls(ABC):
+    """The typed gallery half of ``Compute``, over one untyped ``_gallery(method, *args)``."""
+
+    model_id: str
+    embedding_dim: int
+    providers: list[str]
+
+    @abstractmethod
+    async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]: ...
+
+    @abstractmethod
+    async def _gallery(self, method: str, *args: Any) -> Any: ...
+
+    async def search(self, embeddings: np.ndarray, top_k: int) -> list[list[Candidate]]:
+        if len(embeddings) == 0:
+            return []
+        return await self._gallery("search", embeddings, top_k)
+
+    async def add(
+        self,
+        identity: str,
+        name: str | None,
+        embeddings: np.ndarray,
+        photos: list[dict[str, str]],
+        basis: str | None,
+    ) -> list[str]:
+        return await self._gallery("add", identity, name, embeddings, photos, basis)
+
+    async def show(self, identity: str) -> list[dict[str, Any]]:
+        return await self._gallery("show", identity)
+
+    async def delete(self, identity: str) -> int:
+        return await self._gallery("delete", identity)
+
+    async def size(self) -> int:
+        return await self._gallery("size")
+
+    async def record_sightings(self, embeddings: np.ndarray, metas: list[dict[str, Any]]) -> int:
+        return await self._gallery("sightings.record", embeddings, metas)
+
+    async def purge_sightings(self) -> int:
+        return await self._gallery("sightings.purge")
+
+
+class RayCompute(GalleryCalls):
+    """Calls into the actors, retried with backoff; round-robin over model replicas.
+
+    ``on_failure(call, actor_restarting)`` hears of every failed attempt (for metrics).
+
+    Model calls give up after ``retry.attempts`` (an image may be killing the model). Gallery
+    calls never give up: an unreachable gallery makes the worker wait, and nothing is
+    acknowledged meanwhile.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        actors: Actors,
+        on_failure: Callable[[str, bool], None] = lambda call, actor_restarting: None,
+    ) -> None:
+        self.settings = settings
+        self.actors = actors
+        self.model_id = actors.model_id
+        self.embedding_dim = actors.embedding_dim
+        self.providers = actors.providers
+        self._on_failure = on_failure
+        self._turn = itertools.count()
+        # Replica index -> time until which it is avoided after a failure (while it restarts),
+        # so that a retry goes to a healthy replica when there is one.
+        self._avoid_until: dict[int, float] = {}
+
+    def _next_replica(self) -> int:
+        n, now = len(self.actors.models), time.monotonic()
+        start = next(self._turn)
+        for i in range(start, start + n):
+            if self._avoid_until.get(i % n, 0.0) <= now:
+                return i % n
+        return start % n  # all are failing: keep trying in turn
+
+    async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
+        # Into the object store once, not once per attempt.
+        payload = ray.put(blobs) if ray.is_initialized() else blobs
+        replica = 0
+
+        def call() -> Any:
+            nonlocal replica
+            replica = self._next_replica()
+            return self.actors.models[replica].analyze.remote(payload)
+
+        def failed(exc: Exception) -> None:
+            self._avoid_until[replica] = time.monotonic() + 10 * self.settings.retry.backoff_s
+            self._on_failure("model", isinstance(exc, RayActorError))
+
+        return await retry(
+            call,
+            on_failure=failed,
+            what="model call",
+            attempts=self.settings.retry.attempts,
+            backoff_s=self.settings.retry.backoff_s,
+        )
+
+    async def _gallery(self, method: str, *args: Any) -> Any:
+        return await retry(
+            lambda: self.actors.gallery.call.remote(method, *args),
+            on_failure=lambda exc: self._on_failure("gallery", isinstance(exc, RayActorError)),
+            what=f"gallery {method}",
+            attempts=None,
+            backoff_s=self.settings.retry.backoff_s,
+        )
+
+
+class LocalCompute(GalleryCalls):
+    """The same interface served in this process (no Ray, no worker): reindex, scripts."""
+
+    def __init__(self, settings: Settings, model: FaceModel, gallery: Gallery) -> None:
+        self.settings, self.model, self.gallery = settings, model, gallery
+        self.model_id, self.embedding_dim = model.model_id, model.embedding_dim
+        self.providers = model.providers
+
+    async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
+        return self.model.analyze_bytes(blobs, self.settings.limits)
+
+    async def _gallery(self, method: str, *args: Any) -> Any:
+        return getattr(self.gallery, method)(*args)

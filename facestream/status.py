@@ -1,0 +1,82 @@
+"""``facestream status``: the pipeline at a glance, from Prometheus, as figures and rows."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from facestream.prometheus_api import firing_alerts, query
+from facestream.prometheus_server import WORKER_JOB
+
+# What `facestream status` reports, as PromQL over the last {w} (its window argument). Raw
+# series rather than the recording rules, so that the figures are right on a Prometheus that
+# was just started (the rules' 5-minute windows would still be filling).
+STATUS_QUERIES = {
+    "throughput_per_s": "sum(rate(facestream_images_total[{w}]))",
+    "consumer_lag": "sum(max by (topic, partition) (facestream_consumer_lag_messages))",
+    "latency_p50_s": (
+        "histogram_quantile(0.5, sum by (le) "
+        "(rate(facestream_end_to_end_latency_seconds_bucket[{w}])))"
+    ),
+    "latency_p99_s": (
+        "histogram_quantile(0.99, sum by (le) "
+        "(rate(facestream_end_to_end_latency_seconds_bucket[{w}])))"
+    ),
+    "dlq_per_s": "sum(rate(facestream_dlq_events_total[{w}]))",
+    "retries_per_s": "sum(rate(facestream_retries_total[{w}]))",
+    "workers_up": f'sum(up{{job="{WORKER_JOB}"}})',
+    "workers": f'count(up{{job="{WORKER_JOB}"}})',
+}
+DLQ_BY_REASON = "sum by (reason) (rate(facestream_dlq_events_total[{w}]))"
+
+
+def _number(sample: dict[str, Any]) -> float | None:
+    value = float(sample["value"][1])
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def status_summary(url: str, window: str = "1m") -> dict[str, Any]:
+    """The pipeline at a glance: throughput, lag, latency p50/p99, DLQ and retry rates,
+    workers up and firing alerts. A figure is None when Prometheus has no data for it (no
+    traffic in ``window``, or no such series yet)."""
+    summary: dict[str, Any] = {"prometheus": url, "window": window}
+    for name, promql in STATUS_QUERIES.items():
+        result = query(url, promql.replace("{w}", window))
+        summary[name] = _number(result[0]) if result else None
+    for name in ("workers_up", "workers"):
+        summary[name] = int(summary[name] or 0)
+    summary["dlq_by_reason"] = {
+        s["metric"].get("reason", ""): _number(s)
+        for s in query(url, DLQ_BY_REASON.replace("{w}", window))
+    }
+    summary["alerts_firing"] = sorted({a["labels"]["alertname"] for a in firing_alerts(url)})
+    return summary
+
+
+def _per_s(value: float | None, what: str = "/s") -> str:
+    return "no data" if value is None else f"{value:.2f}{what}"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "no data"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def status_rows(summary: dict[str, Any]) -> dict[str, str]:
+    """``status_summary`` as the lines `facestream status` prints."""
+    reasons = ", ".join(
+        f"{reason} {_per_s(rate)}" for reason, rate in sorted(summary["dlq_by_reason"].items())
+    )
+    lag = summary["consumer_lag"]
+    return {
+        "workers up": f"{summary['workers_up']} / {summary['workers']}",
+        f"throughput ({summary['window']})": _per_s(summary["throughput_per_s"], " img/s"),
+        "consumer lag": "no data" if lag is None else f"{lag:.0f} records",
+        "latency p50 / p99": (
+            f"{_seconds(summary['latency_p50_s'])} / {_seconds(summary['latency_p99_s'])}"
+        ),
+        "DLQ": _per_s(summary["dlq_per_s"], " img/s") + (f" ({reasons})" if reasons else ""),
+        "retries": _per_s(summary["retries_per_s"]),
+        "alerts firing": ", ".join(summary["alerts_firing"]) or "none",
+    }
