@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
 from actors.cluster import Actors
 from actors.gallery import Gallery
 from actors.models import FaceModel
+from core.errors import PermanentError, TransientError, is_transient, one_line
 from core.faces import Candidate, ImageFaces
 from core.imaging import ImageRejected
 from core.retry import retry
@@ -69,14 +70,38 @@ class GalleryCalls(ABC):
         return await self._gallery("sightings.purge")
 
 
+def classified(exc: RayError) -> Exception:
+    """Ray's failures in the taxonomy: an exception raised by the actor's own code is
+    permanent (the same input would raise it again) unless it is a lost connection or a
+    timeout (e.g. the gallery's server away); the actor or its node dying, being unreachable
+    or restarting, an object lost, a timeout, are transient."""
+    if isinstance(exc, RayTaskError):
+        cause = exc.cause or exc
+        lost_connection = isinstance(cause, ConnectionError | TimeoutError | TransientError)
+        return (TransientError if lost_connection else PermanentError)(one_line(cause))
+    return TransientError(one_line(exc))
+
+
+async def _awaited(ref: Any) -> Any:
+    try:
+        return await ref
+    except RayError as exc:
+        raise classified(exc) from exc
+
+
+def _actor_restarting(exc: BaseException) -> bool:
+    return isinstance(exc.__cause__, RayActorError)
+
+
 class RayCompute(GalleryCalls):
     """Calls into the actors, retried with backoff; round-robin over model replicas.
 
     ``on_failure(call, actor_restarting)`` hears of every failed attempt (for metrics).
 
-    Model calls give up after ``retry.attempts`` (an image may be killing the model). Gallery
-    calls never give up: an unreachable gallery makes the worker wait, and nothing is
-    acknowledged meanwhile.
+    Only transient failures are retried. Model calls give up after ``retry.attempts`` (an
+    image may be killing the model). Gallery calls never give up on a transient failure: an
+    unreachable gallery makes the worker wait, and nothing is acknowledged meanwhile. A
+    permanent failure (or one nobody classified) is raised at once.
     """
 
     def __init__(
@@ -112,11 +137,11 @@ class RayCompute(GalleryCalls):
         def call() -> Any:
             nonlocal replica
             replica = self._next_replica()
-            return self.actors.models[replica].analyze.remote(payload)
+            return _awaited(self.actors.models[replica].analyze.remote(payload))
 
         def failed(exc: Exception) -> None:
             self._avoid_until[replica] = time.monotonic() + 10 * self.settings.retry.backoff_s
-            self._on_failure("model", isinstance(exc, RayActorError))
+            self._on_failure("model", _actor_restarting(exc))
 
         return await retry(
             call,
@@ -124,15 +149,17 @@ class RayCompute(GalleryCalls):
             what="model call",
             attempts=self.settings.retry.attempts,
             backoff_s=self.settings.retry.backoff_s,
+            retry_if=is_transient,
         )
 
     async def _gallery(self, method: str, *args: Any) -> Any:
         return await retry(
-            lambda: self.actors.gallery.call.remote(method, *args),
-            on_failure=lambda exc: self._on_failure("gallery", isinstance(exc, RayActorError)),
+            lambda: _awaited(self.actors.gallery.call.remote(method, *args)),
+            on_failure=lambda exc: self._on_failure("gallery", _actor_restarting(exc)),
             what=f"gallery {method}",
             attempts=None,
             backoff_s=self.settings.retry.backoff_s,
+            retry_if=is_transient,
         )
 
 

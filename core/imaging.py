@@ -1,9 +1,10 @@
 """Image bytes -> BGR pixels, or a rejection with a stable reason code.
 
-Pillow decodes every format users send (JPEG, PNG, WebP, BMP, TIFF, GIF); the pixel limit
-is checked from the header before any pixel is decoded, so a decompression bomb costs
-nothing. EXIF orientation is honoured; alpha is dropped; grayscale, CMYK and 16-bit images
-become 8-bit RGB; an animated image contributes its first frame.
+Pillow decodes the documented formats only (JPEG, PNG, WebP, BMP, TIFF, GIF: never EPS,
+which it would hand to Ghostscript, nor its other plugins); the pixel limit and the shape
+are checked from the header before any pixel is decoded, so a decompression bomb or a
+60000x16 strip costs nothing. EXIF orientation is honoured; alpha is dropped; grayscale,
+CMYK and 16-bit images become 8-bit RGB; an animated image contributes its first frame.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from core.settings import ImageLimits
 # Pillow's own bomb guard would raise before ours with a less useful message.
 Image.MAX_IMAGE_PIXELS = None
 
+# The formats facestream opens (Pillow's names); anything else is not_an_image.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+# The detector sees the image scaled to fit its input square; below this many pixels the
+# short side holds no face and OpenCV's resize fails outright.
+MIN_SIDE_AT_DETECTION = 8
+
 
 class Reason:
     """Stable DLQ reason codes (documented in README, "Bad input")."""
@@ -30,6 +37,8 @@ class Reason:
     TOO_MANY_PIXELS = "too_many_pixels"
     TOO_SMALL = "too_small"
     PROCESSING_FAILED = "processing_failed"
+    BAD_HEADER = "bad_header"  # a header or key too long to repeat in an outcome
+    PUBLISH_FAILED = "publish_failed"  # the outcome could never be published
 
 
 class ImageRejected(Exception):
@@ -54,18 +63,8 @@ def check_size(data: bytes, limits: ImageLimits) -> None:
         )
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """Decode to a contiguous uint8 BGR array (H, W, 3), insightface's input format."""
-    check_size(data, limits)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise ImageRejected(Reason.NOT_AN_IMAGE, "not a recognised image format") from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # a file cut inside its header
-        raise _undecodable(exc) from exc
-    width, height = img.size
+def check_shape(width: int, height: int, limits: ImageLimits, det_size: int) -> None:
+    """Pixel count, minimum side and aspect ratio, from the header's dimensions."""
     if width * height > limits.max_pixels:
         raise ImageRejected(
             Reason.TOO_MANY_PIXELS,
@@ -75,6 +74,27 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
         raise ImageRejected(
             Reason.TOO_SMALL, f"{width}x{height} is below the minimum side of {limits.min_side}"
         )
+    short_at_detection = min(width, height) * det_size / max(width, height)
+    if short_at_detection < MIN_SIDE_AT_DETECTION:
+        raise ImageRejected(
+            Reason.TOO_SMALL,
+            f"{width}x{height} is too elongated: scaled to the detector's {det_size} px its "
+            f"short side would be {short_at_detection:.1f} px (minimum {MIN_SIDE_AT_DETECTION})",
+        )
+
+
+def decode_image(data: bytes, limits: ImageLimits, det_size: int = 640) -> np.ndarray:
+    """Decode to a contiguous uint8 BGR array (H, W, 3), insightface's input format."""
+    check_size(data, limits)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError as exc:
+        raise ImageRejected(Reason.NOT_AN_IMAGE, "not a recognised image format") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # a file cut inside its header
+        raise _undecodable(exc) from exc
+    check_shape(*img.size, limits, det_size)
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img

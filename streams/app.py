@@ -7,7 +7,6 @@ outcomes are keyed by image id so consumers can drop the duplicates a replay pro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -16,9 +15,9 @@ import faust
 
 from core.compute import Compute
 from core.events import encode
-from core.retry import retry
 from core.settings import Settings
 from streams import metrics, observe
+from streams.delivery import Delivery
 from streams.processor import EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
 from streams.security import faust_credentials
@@ -73,20 +72,7 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
     enrollment_processor = EnrollmentProcessor(settings, compute)
     wait_s = settings.batch.wait_ms / 1000
 
-    async def deliver(sends: list[tuple[faust.TopicT, str, bytes | None]]) -> None:
-        """Send, and wait until the broker has every record, before the inputs are acked.
-
-        Retried for ever: while the broker is away the agent waits (and acknowledges nothing)
-        rather than crash; a resend after a partial failure only duplicates outcomes.
-        """
-
-        async def send_all() -> None:
-            futures = [await t.send(key=key.encode(), value=value) for t, key, value in sends]
-            await asyncio.gather(*futures)
-
-        await retry(
-            send_all, what="publishing outcomes", attempts=None, backoff_s=settings.retry.backoff_s
-        )
+    deliver = Delivery(settings, dlq)
 
     sources = metrics.SourceLabels(settings.metrics.max_sources)
     done: dict[faust.types.TP, int] = {}  # next offset to process, per partition (for lag)
@@ -128,12 +114,13 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
     @app.agent(enrollments)
     async def enroll(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            result = await enrollment_processor.process(event.message.value)
+            result = await enrollment_processor.process(event.message.value, event.message.key)
             if result is None:
                 continue
             reply = result.ack
             observe.enrolment(reply)
-            log.info("enrolment %s %s: ok=%s", reply["op"], reply["identity"], reply["ok"])
+            # Identities stay out of the logs: the audit topic records who.
+            log.info("enrolment %s %s: ok=%s", reply["op"], reply["request_id"], reply["ok"])
             sends = [(audit, reply["identity"] or "", encode(result.audit))]
             if result.tombstone is not None:
                 # Null value under the identity's key: compaction drops its enrolment records

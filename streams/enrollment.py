@@ -8,9 +8,11 @@ bytes only. Records are keyed by identity so one person's changes stay in order.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,31 +68,75 @@ class EnrollmentRequest:
         ).encode()
 
     @classmethod
-    def decode(cls, raw: bytes) -> EnrollmentRequest:
-        """Raises MalformedRequest (with the request id when one could be read)."""
+    def decode(cls, raw: bytes, key: bytes | None = None) -> EnrollmentRequest:
+        """Validate a record completely; raises MalformedRequest (with the request id when a
+        valid one could be read, so that the sender sees the refusal).
+
+        ``key``, when given, must equal the identity: erasure tombstones are keyed by
+        identity, so a record under another key could never be erased.
+        """
         try:
             doc = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MalformedRequest(f"malformed enrolment request: {exc}", None) from exc
-        request_id = doc.get("request_id") if isinstance(doc, dict) else None
-        try:
-            op = doc["op"]
-            if op not in ("enroll", "delete") or not doc["identity"]:
-                raise ValueError(f"bad op or identity: {op!r}")
-            photos = tuple(
-                Photo(str(p["name"]), base64.b64decode(p["data"], validate=True))
-                for p in doc.get("photos") or []
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise MalformedRequest(f"not JSON: {exc}", None) from exc
+        if not isinstance(doc, dict):
+            raise MalformedRequest("not a JSON object", None)
+        request_id = doc.get("request_id")
+        if not _is_text(request_id, MAX_ID_CHARS):
+            raise MalformedRequest(
+                f"request_id must be printable text of 1..{MAX_ID_CHARS} characters", None
             )
-            return cls(
-                op,
-                str(doc["identity"]),
-                doc.get("name"),
-                photos,
-                str(doc["request_id"]),
-                doc.get("basis"),
+
+        def refuse(message: str) -> MalformedRequest:
+            return MalformedRequest(message, request_id)
+
+        op, identity = doc.get("op"), doc.get("identity")
+        if op not in ("enroll", "delete"):
+            raise refuse(f"op must be 'enroll' or 'delete', got {_shown(op)}")
+        if not _is_text(identity, MAX_ID_CHARS) or identity != identity.strip():
+            raise refuse(
+                f"identity must be printable text of 1..{MAX_ID_CHARS} characters "
+                "without surrounding spaces"
             )
-        except (KeyError, TypeError, ValueError, base64.binascii.Error) as exc:
-            raise MalformedRequest(f"malformed enrolment request: {exc}", request_id) from exc
+        if key is not None and key != identity.encode():
+            raise refuse("the record's key must equal its identity (erasure is keyed by it)")
+        for name, limit in (("name", MAX_TEXT_CHARS), ("basis", MAX_TEXT_CHARS)):
+            if doc.get(name) is not None and not _is_text(doc[name], limit):
+                raise refuse(f"{name} must be printable text of 1..{limit} characters")
+        raw_photos = doc.get("photos") or []
+        if not isinstance(raw_photos, list) or len(raw_photos) > MAX_PHOTOS:
+            raise refuse(f"photos must be a list of at most {MAX_PHOTOS}")
+        if op == "delete" and raw_photos:
+            raise refuse("an erasure carries no photos")
+        photos = tuple(_photo(p, refuse) for p in raw_photos)
+        return cls(op, identity, doc.get("name"), photos, request_id, doc.get("basis"))
+
+
+MAX_ID_CHARS = 128  # identity and request id: they become Kafka keys and point ids
+MAX_TEXT_CHARS = 512  # name, legal basis, photo name
+MAX_PHOTOS = 32
+
+
+def _is_text(value: object, limit: int) -> bool:
+    """Printable text (no control characters, no lone surrogates) of 1..limit characters."""
+    return isinstance(value, str) and 0 < len(value) <= limit and value.isprintable()
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _photo(doc: object, refuse: Callable[[str], MalformedRequest]) -> Photo:
+    if not isinstance(doc, dict) or not _is_text(doc.get("name"), MAX_TEXT_CHARS):
+        raise refuse(f"each photo needs a printable name of 1..{MAX_TEXT_CHARS} characters")
+    data = doc.get("data")
+    try:
+        if not isinstance(data, str):
+            raise ValueError("not a string")
+        return Photo(doc["name"], base64.b64decode(data, validate=True))
+    except (ValueError, binascii.Error) as exc:
+        raise refuse(f"photo {doc['name']!r}: data is not base64 ({exc})") from exc
 
 
 def ack(

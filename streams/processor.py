@@ -15,6 +15,7 @@ import numpy as np
 from core import audit
 from core.compute import Compute
 from core.decisions import Decision, SearchPlan
+from core.errors import one_line
 from core.events import dlq_event, match_event
 from core.faces import ImageFaces
 from core.imaging import ImageRejected, Reason, check_size
@@ -45,6 +46,9 @@ class ImageProcessor:
         outcomes: dict[int, Outcome] = {}
         todo: list[int] = []
         for i, msg in enumerate(messages):
+            if msg.bad_header:
+                outcomes[i] = self._dlq(msg, Reason.BAD_HEADER, msg.bad_header)
+                continue
             try:
                 check_size(msg.data, self.settings.limits)  # no need to ship these to Ray
                 todo.append(i)
@@ -56,7 +60,7 @@ class ImageProcessor:
             except Exception as exc:  # a bug, not a transient failure: still one outcome each
                 log.exception("unexpected error processing a batch")
                 for i in todo:
-                    outcomes[i] = self._dlq(messages[i], Reason.PROCESSING_FAILED, str(exc))
+                    outcomes[i] = self._dlq(messages[i], Reason.PROCESSING_FAILED, one_line(exc))
         return [outcomes[i] for i in range(len(messages))]
 
     async def _analyze_isolating(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
@@ -66,14 +70,13 @@ class ImageProcessor:
             return await self.compute.analyze(blobs)
         except Exception as exc:
             if len(blobs) == 1:
-                attempts = self.settings.retry.attempts
                 return [
                     ImageRejected(
                         Reason.PROCESSING_FAILED,
-                        f"model failed {attempts} times on this image: {exc}",
+                        f"the model failed on this image: {one_line(exc)}",
                     )
                 ]
-            log.warning("batch of %d failed (%s); isolating its images", len(blobs), exc)
+            log.warning("batch of %d failed (%s); isolating its images", len(blobs), one_line(exc))
             return [r for blob in blobs for r in await self._analyze_isolating([blob])]
 
     async def _analyze(self, messages: list[ImageMessage], index: list[int]) -> dict[int, Outcome]:
@@ -128,14 +131,16 @@ class EnrollmentProcessor:
         self.gates = settings.quality.enrol
         self.require_basis = settings.privacy.require_basis
 
-    async def process(self, raw: bytes | None) -> EnrollmentResult | None:
+    async def process(self, raw: bytes | None, key: bytes | None = None) -> EnrollmentResult | None:
+        """Never raises: every record but a tombstone yields an acknowledgement."""
         if raw is None:
             return None  # a tombstone: nothing to apply
         try:
-            req = EnrollmentRequest.decode(raw)
+            req = EnrollmentRequest.decode(raw, key)
         except MalformedRequest as exc:
             # Acked under the sender's request id when it could be read, so it sees the refusal.
-            error = {"reason": EnrollmentReason.BAD_REQUEST, "message": str(exc), "photo": None}
+            message = f"malformed enrolment request: {exc}"
+            error = {"reason": EnrollmentReason.BAD_REQUEST, "message": message, "photo": None}
             reply = ack(exc.request_id or "", None, "unknown", model_id=self.model_id, error=error)
             return EnrollmentResult(reply, audit.gallery_change(reply, None, []))
         try:
@@ -144,7 +149,7 @@ class EnrollmentProcessor:
             reply = await self._enroll(req)
         except Exception as exc:  # the compute side still failed after its retries
             log.exception("enrolment %s failed", req.request_id)
-            error = {"reason": Reason.PROCESSING_FAILED, "message": str(exc), "photo": None}
+            error = {"reason": Reason.PROCESSING_FAILED, "message": one_line(exc), "photo": None}
             reply = ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
         photos = [p.name for p in req.photos]
         return EnrollmentResult(reply, audit.gallery_change(reply, req.basis, photos))

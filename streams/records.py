@@ -11,6 +11,9 @@ HEADER_IMAGE_ID = "image-id"
 HEADER_SOURCE = "source"
 HEADER_CAPTURED_AT = "captured-at"
 HEADER_CONTENT_TYPE = "content-type"
+# Header values (and a key used as the source) are repeated in every outcome event: bounded,
+# so that an outcome always fits in a Kafka message.
+MAX_HEADER_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class ImageMessage:
     meta: ImageMeta
     data: bytes
     produced_at: float | None = None  # the record's timestamp, epoch seconds
+    bad_header: str | None = None  # why its headers cannot be repeated in an outcome
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -50,15 +54,29 @@ def image_message(
     headers: Mapping[str, bytes] | Iterable[tuple[str, bytes]] | None,
     timestamp_ms: float | None = None,
 ) -> ImageMessage:
+    """An oversized header (or key) is dropped from the meta and reported in ``bad_header``:
+    the image then gets a ``bad_header`` DLQ event under an id that fits."""
     h = parse_headers(headers)
+    fields = {
+        HEADER_IMAGE_ID: h.get(HEADER_IMAGE_ID),
+        HEADER_SOURCE: h.get(HEADER_SOURCE) or _text(key),
+        HEADER_CAPTURED_AT: h.get(HEADER_CAPTURED_AT),
+        HEADER_CONTENT_TYPE: h.get(HEADER_CONTENT_TYPE),
+    }
+    too_long = [k for k, v in fields.items() if v is not None and len(v) > MAX_HEADER_CHARS]
+    bad_header = None
+    if too_long:
+        sizes = ", ".join(f"{k} has {len(fields[k])}" for k in too_long)
+        bad_header = f"header values are limited to {MAX_HEADER_CHARS} characters: {sizes}"
+        fields.update(dict.fromkeys(too_long))
     meta = ImageMeta(
-        image_id=h.get(HEADER_IMAGE_ID) or f"{topic}/{partition}/{offset}",
-        source=h.get(HEADER_SOURCE) or _text(key),
-        captured_at=h.get(HEADER_CAPTURED_AT),
-        content_type=h.get(HEADER_CONTENT_TYPE),
+        image_id=fields[HEADER_IMAGE_ID] or f"{topic}/{partition}/{offset}",
+        source=fields[HEADER_SOURCE],
+        captured_at=fields[HEADER_CAPTURED_AT],
+        content_type=fields[HEADER_CONTENT_TYPE],
     )
     produced_at = timestamp_ms / 1000 if timestamp_ms else None
-    return ImageMessage(meta, value or b"", produced_at)
+    return ImageMessage(meta, value or b"", produced_at, bad_header)
 
 
 def image_headers(

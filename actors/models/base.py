@@ -17,6 +17,7 @@ class FaceModel(ABC):
     model_id: str
     embedding_dim: int
     providers: list[str]  # execution providers actually in use
+    det_size: int = 640  # the detector's input square, in pixels
 
     @abstractmethod
     def detect(self, image_bgr: np.ndarray) -> tuple[list[DetectedFace], np.ndarray]:
@@ -62,7 +63,7 @@ class FaceModel(ABC):
         decoded: list[np.ndarray | ImageRejected] = []
         for blob in blobs:
             try:
-                decoded.append(decode_image(blob, limits))
+                decoded.append(decode_image(blob, limits, self.det_size))
             except ImageRejected as rejected:
                 decoded.append(rejected)
         good = [d for d in decoded if isinstance(d, np.ndarray)]

@@ -47,7 +47,7 @@ class InsightFaceOnnx(FaceModel):
                 recognizer, rec_file = model, name
         if detector is None or recognizer is None:
             raise ModelPackError(f"{pack.folder} needs one detection and one recognition model")
-        size = settings.det_size
+        self.det_size = size = settings.det_size
         detector.prepare(0, input_size=(size, size), det_thresh=settings.det_threshold)
         self.detector, self.recognizer = detector, recognizer
         self.embedding_dim = int(recognizer.output_shape[-1])

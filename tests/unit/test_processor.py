@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import numpy as np
+from ray.exceptions import ActorDiedError, RayTaskError
 
 import core.events
 from actors.cluster import Actors
@@ -183,10 +184,15 @@ def test_outcomes_come_back_in_input_order() -> None:
     assert [o.kind for o in outcomes] == ["match", "dlq", "dlq", "match", "dlq"]
 
 
+def raised_in_actor(exc: Exception) -> RayTaskError:
+    """What awaiting a Ray call raises when the actor's own code raised ``exc``."""
+    return RayTaskError("analyze", "Traceback (most recent call last): ...", exc)
+
+
 def failing(calls: list[int]) -> FakeModel:
     def fail(blobs: list[bytes]) -> list[Any]:
         calls.append(len(blobs))
-        raise RuntimeError("actor died")
+        raise ActorDiedError()  # transient: retried
 
     return FakeModel(fail)
 
@@ -204,12 +210,13 @@ def test_persistent_failure_isolates_images_then_dlqs_each() -> None:
         ("B", "processing_failed"),
     ]
     assert "actor died" in outcomes[0].event["message"]
+    assert "\n" not in outcomes[0].event["message"]  # one readable line
 
 
 def test_poison_image_goes_to_dlq_alone_and_its_batch_mates_are_matched() -> None:
     def model(blobs: list[bytes]) -> list[Any]:
         if b"poison" in blobs:
-            raise RuntimeError("segfault in the model")
+            raise raised_in_actor(RuntimeError("OpenCV assertion in the model"))
         return [faces(5) for _ in blobs]
 
     outcomes = process(
@@ -239,7 +246,7 @@ def test_retries_rotate_over_model_replicas_and_recover() -> None:
 
 def test_unreachable_gallery_is_waited_for_not_turned_into_dlq_events() -> None:
     gallery = FakeGallery()
-    failures = iter([ConnectionError("qdrant down")] * 7)
+    failures = iter([raised_in_actor(ConnectionError("qdrant down"))] * 7)
 
     def search(emb: np.ndarray, k: int) -> list[list[Candidate]]:
         for exc in failures:
