@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import signal
 import sys
 import tempfile
@@ -34,6 +36,47 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
+class Main(click.Group):
+    """Every error a user can cause is one line and a non-zero exit, never a traceback
+    (FACESTREAM_LOG_LEVEL=debug shows it, for a bug report)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        if os.environ.get("FACESTREAM_LOG_LEVEL", "").lower() != "debug":
+            # The Kafka client logs each failed connection; the one-line error says it all.
+            logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            from core.errors import one_line
+
+            if os.environ.get("FACESTREAM_LOG_LEVEL", "").lower() == "debug":
+                raise
+            raise click.ClickException(_explained(exc) or one_line(exc)) from exc
+
+
+def _explained(exc: Exception) -> str | None:
+    """What the commonest failures mean for the person at the terminal."""
+    from aiokafka.errors import KafkaConnectionError
+
+    if isinstance(exc, KafkaConnectionError):
+        return "cannot reach the Kafka broker (FACESTREAM_KAFKA__BOOTSTRAP_SERVERS): is it up?"
+    if isinstance(exc, TimeoutError) and str(exc):
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _refuse_taken_ports(wanted: dict[str, tuple[str, int | None]]) -> None:
+    from facestream.ports import taken
+
+    if busy := taken(wanted):
+        raise click.ClickException(
+            f"already in use: {', '.join(busy)} (another facestream running? "
+            "set the FACESTREAM_ variables for other ports)"
+        )
+
+
 def _ask_gallery(settings: Settings, method: str, *args: object) -> object:
     from actors.gallery import GalleryError
     from facestream.offline import ask_gallery
@@ -45,11 +88,14 @@ def _ask_gallery(settings: Settings, method: str, *args: object) -> object:
 
 
 def _image_files(paths: tuple[str, ...]) -> list[Path]:
+    """The image files named or found in the folders named; what is neither (a dangling
+    link, a folder called x.jpg inside a folder) is skipped with a note."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files.extend(p for p in found if p.is_file() or _skipped(p, "not a file"))
         elif path.is_file():
             files.append(path)
         else:
@@ -57,7 +103,28 @@ def _image_files(paths: tuple[str, ...]) -> list[Path]:
     return files
 
 
-@click.group()
+def _skipped(path: Path, why: str) -> bool:
+    console.print(f"[yellow]skipped[/] {path}: {why}")
+    return False
+
+
+def _readable(files: list[Path], max_bytes: int) -> list[tuple[Path, bytes]]:
+    """Each file's bytes; unreadable or too large ones are skipped with a note."""
+    out = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            _skipped(path, exc.strerror or str(exc))
+            continue
+        if len(data) > max_bytes:
+            _skipped(path, f"{len(data)} bytes exceeds the message limit of {max_bytes}")
+            continue
+        out.append((path, data))
+    return out
+
+
+@click.group(cls=Main)
 def main() -> None:
     """facestream: streaming face identification on Kafka, Faust, Ray and Qdrant."""
 
@@ -81,6 +148,14 @@ def up(with_prometheus: bool) -> None:
     from facestream.embedded import EmbeddedStack
 
     settings = _settings()
+    broker_host, broker_port = settings.kafka.bootstrap_list[0].rsplit(":", 1)
+    _refuse_taken_ports(
+        {
+            "broker": (broker_host, int(broker_port)),
+            "metrics": (settings.metrics.host, settings.metrics.port),
+            "Ray metrics": ("127.0.0.1", settings.ray.metrics_export_port),
+        }
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="facestream-"))  # short: Ray puts sockets here
     # SIGTERM stops the stack as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -96,12 +171,22 @@ def up(with_prometheus: bool) -> None:
             "facestream watch\nCtrl-C stops."
         )
         try:
-            while all(w.alive() for w in stack.workers):
+            while not (dead := _first_dead(stack)):
                 time.sleep(1)
-            console.print("[red]a worker exited:[/]\n" + stack.workers[0].log_tail())
+            name, child = dead
+            console.print(f"[red]the {name} exited; stopping the stack.[/] Its log:")
+            console.print(child.log_tail(), markup=False, highlight=False)
             sys.exit(1)
         except KeyboardInterrupt:
             console.print("stopping...")
+
+
+def _first_dead(stack: EmbeddedStack) -> tuple[str, object] | None:
+    """The first of the stack's processes that has exited, if any: the stack is not up
+    without any of them."""
+    children = [("broker", stack.broker), ("Ray head", stack.ray_head)]
+    children += [(f"worker {i}", w) for i, w in enumerate(stack.workers)]
+    return next(((n, c) for n, c in children if c is not None and not c.alive()), None)
 
 
 def _interrupt(*_: object) -> None:
@@ -155,7 +240,21 @@ def worker() -> None:
     """Run one Faust worker against the configured broker, Ray and gallery."""
     from facestream.worker import run_worker
 
-    run_worker(_settings())
+    settings = _settings()
+    _refuse_taken_ports(
+        {
+            "metrics": (
+                settings.metrics.host,
+                settings.metrics.port if settings.metrics.enabled else None,
+            ),
+            # Only a worker that starts its own Ray exports Ray's metrics on this port.
+            "Ray metrics": (
+                "127.0.0.1",
+                settings.ray.metrics_export_port if settings.ray.address is None else None,
+            ),
+        }
+    )
+    run_worker(settings)
 
 
 @main.command()
@@ -165,12 +264,13 @@ def produce(paths: tuple[str, ...], source: str) -> None:
     """Send image files (and folders of them) to the images topic."""
     from streams.clients import ImageToSend, produce_images
 
-    files = _image_files(paths)
-    items = (ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", f.read_bytes(), source) for f in files)
+    settings = _settings()
+    files = _readable(_image_files(paths), settings.kafka.max_message_bytes)
+    items = (ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", data, source) for f, data in files)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=len(files))
         sent = asyncio.run(
-            produce_images(_settings(), items, on_sent=lambda _: progress.advance(task))
+            produce_images(settings, items, on_sent=lambda _: progress.advance(task))
         )
     console.print(f"sent {sent} image(s)")
 

@@ -1,4 +1,4 @@
-"""Working without Kafka: offline identification and direct gallery reads."""
+"""Working without Kafka: offline identification and gallery reads from the command line."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from actors.gallery import Gallery, current_model, gallery_folder, open_gallery
+from actors.gallery import current_model, gallery_folder, open_gallery
 from actors.models import load_face_model
 from core.decisions import Decision, SearchPlan
 from core.events import ImageMeta, dlq_event, match_event
@@ -19,16 +19,51 @@ from core.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class GalleryReader:
+    """The current gallery, for reads: through the running deployment's gallery actor when
+    there is one, else opened directly.
+
+    The embedded engine may be opened by one process only, so while a worker runs, its
+    gallery actor answers (``facestream identify`` and ``identities`` work while the stack
+    is up); with no deployment running, the gallery is opened here.
+    """
+
+    def __init__(self, settings: Settings, model_id: str | None = None, dim: int | None = None):
+        self.actor = _owner_actor(settings, model_id or current_model(settings))
+        self.gallery = None if self.actor is not None else open_gallery(settings, model_id, dim)
+
+    def call(self, method: str, *args: Any) -> Any:
+        if self.actor is not None:
+            import ray
+
+            return ray.get(self.actor.call.remote(method, *args))
+        return getattr(self.gallery, method)(*args)
+
+    def close(self) -> None:
+        if self.actor is not None:
+            import ray
+
+            ray.shutdown()
+        elif self.gallery is not None:
+            self.gallery.close()
+
+    def __enter__(self) -> GalleryReader:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
 class OfflineIdentifier:
     """The worker's detection, embedding and search in this process, for scripts and eval."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.model = load_face_model(settings)
-        self.gallery: Gallery | None = None
+        self.gallery: GalleryReader | None = None
         current = current_model(settings)
         if current == self.model.model_id:
-            self.gallery = open_gallery(settings, current, self.model.embedding_dim)
+            self.gallery = GalleryReader(settings, current, self.model.embedding_dim)
         else:  # never create or switch a gallery from here
             log.warning(
                 "no gallery of model %s (current: %s): every face will be unknown",
@@ -44,7 +79,7 @@ class OfflineIdentifier:
             return dlq_event(meta, result.reason, result.message)
         plan = SearchPlan.of([result], self.settings.quality.search, self.model.embedding_dim)
         found = (
-            self.gallery.search(plan.embeddings, self.settings.matching.top_k)
+            self.gallery.call("search", plan.embeddings, self.settings.matching.top_k)
             if self.gallery is not None and len(plan.embeddings)
             else [[] for _ in plan.embeddings]
         )
@@ -63,20 +98,9 @@ class OfflineIdentifier:
 
 
 def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
-    """A read from the gallery (``identities``, ``show``): through the running deployment's
-    gallery actor when there is one, else from the gallery itself.
-
-    The embedded engine may be opened by one process only, so while a worker runs, its
-    gallery actor answers; with no deployment running, the gallery is opened directly.
-    """
-    answer = _ask_through_ray(settings, method, *args)
-    if answer is not None:
-        return answer
-    gallery = open_gallery(settings, model_id=None, dim=None)
-    try:
-        return getattr(gallery, method)(*args)
-    finally:
-        gallery.close()
+    """One read from the current gallery (``identities``, ``show``)."""
+    with GalleryReader(settings) as reader:
+        return reader.call(method, *args)
 
 
 def _owner_address(settings: Settings, model_id: str) -> str | None:
@@ -96,8 +120,8 @@ def _owner_address(settings: Settings, model_id: str) -> str | None:
     return owner["ray_address"]
 
 
-def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
-    model_id = current_model(settings)
+def _owner_actor(settings: Settings, model_id: str | None) -> Any:
+    """The running deployment's gallery actor, connected to; None when there is none."""
     if model_id is None:
         return None
     address = _owner_address(settings, model_id)  # before importing ray: it reads RAY_AUTH_*
@@ -117,9 +141,8 @@ def _ask_through_ray(settings: Settings, method: str, *args: Any) -> Any:
     except (ConnectionError, RuntimeError):
         return None  # the owner is gone: the gallery can be opened directly
     try:
-        return ray.get(find_gallery(settings, model_id).call.remote(method, *args))
+        return find_gallery(settings, model_id)
     except ValueError:
         print("no running deployment found in Ray; reading the gallery directly", file=sys.stderr)
-        return None
-    finally:
         ray.shutdown()
+        return None

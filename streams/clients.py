@@ -18,6 +18,15 @@ from streams.records import image_headers
 from streams.security import aiokafka_kwargs
 
 
+async def _started(client: AIOKafkaProducer | AIOKafkaConsumer) -> None:
+    """Start a client; one that cannot start is closed again (no 'Unclosed' warning)."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
 @asynccontextmanager
 async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
     p = AIOKafkaProducer(
@@ -28,7 +37,7 @@ async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
         max_batch_size=settings.tuning.producer_max_batch_size,
         linger_ms=5,
     )
-    await p.start()
+    await _started(p)
     try:
         yield p
     finally:
@@ -47,7 +56,7 @@ async def tail(
         max_partition_fetch_bytes=settings.kafka.max_message_bytes,
         fetch_max_bytes=settings.kafka.max_message_bytes,
     )
-    await c.start()
+    await _started(c)
     try:
         parts = [TopicPartition(t, p) for t in topics for p in await _partitions(c, t)]
         c.assign(parts)
