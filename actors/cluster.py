@@ -64,6 +64,8 @@ def gallery_actor_name(settings: Settings, model_id: str) -> str:
 
 def ensure_actors(settings: Settings) -> Actors:
     """Find the deployment's actors, creating any that do not exist yet (idempotent)."""
+    # Ray pickles constructor arguments and keeps them (to restart actors): send no secrets.
+    shipped = settings.without_secrets()
     models = [
         ModelActor.options(
             name=name,
@@ -74,7 +76,7 @@ def ensure_actors(settings: Settings) -> Actors:
             max_restarts=-1,
             max_task_retries=2,
             scheduling_strategy="SPREAD",
-        ).remote(settings)
+        ).remote(shipped)
         for name in model_actor_names(settings)
     ]
     info = ray.get(models[0].info.remote())
@@ -85,7 +87,7 @@ def ensure_actors(settings: Settings) -> Actors:
         num_cpus=0,
         max_restarts=-1,
         max_task_retries=2,
-    ).remote(settings, info["model_id"], info["embedding_dim"])
+    ).remote(shipped, info["model_id"], info["embedding_dim"])
     ray.get(gallery.info.remote())  # surfaces a model mismatch or lock error now, not later
     log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])
     return Actors(models, gallery, info["model_id"], info["embedding_dim"], info["providers"])

@@ -69,7 +69,16 @@ class ModelActor:
 
 @ray.remote
 class GalleryActor:
+    """The gallery's owner (and the sightings store's, when that is on).
+
+    Its settings arrive without secrets (``Settings.without_secrets()``): the Qdrant API key
+    of the server backend is read from this process's environment,
+    ``FACESTREAM_GALLERY__API_KEY``, so every Ray node that may host the actor must be started
+    with it (a local Ray started by the worker inherits the worker's environment).
+    """
+
     def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
+        settings = settings.with_env_secrets()
         self.gallery = open_gallery(settings, model_id, dim, must_be_current=True)
         self.sightings = Sightings(settings, model_id, dim) if settings.sightings.enabled else None
         self.stage = _stage_histogram()

@@ -47,6 +47,51 @@ class SearchPlan:
         return [[[] if r else next(results) for r in image] for image in self.reasons]
 
 
+# An enrolment photo may show other people far behind the subject: a face is the photo's
+# subject when every other face that could be searched is at most 1/DOMINANT_FACE_RATIO its
+# size (shorter box side). Two comparable faces make the photo ambiguous.
+DOMINANT_FACE_RATIO = 2.0
+
+
+class AmbiguousPhoto(ValueError):
+    """No face, or several comparable faces: the photo cannot say who is enrolled."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def enrolment_face(analysis: ImageFaces, search_gates: QualityGates) -> int:
+    """The index of the photo's subject: its largest face, when every other face that passes
+    the search gates is much smaller (``DOMINANT_FACE_RATIO``). Raises ``AmbiguousPhoto``
+    (``no_face`` or ``multiple_faces``, naming the comparable boxes)."""
+    faces = analysis.faces
+    if not faces:
+        raise AmbiguousPhoto("no_face", "found no face")
+    by_size = sorted(range(len(faces)), key=lambda i: _size(faces[i]), reverse=True)
+    subject = by_size[0]
+    rivals = [
+        i
+        for i in by_size[1:]
+        if _size(faces[i]) * DOMINANT_FACE_RATIO > _size(faces[subject])
+        and not (faces[i].quality and assess(faces[i].quality, faces[i].det_score, search_gates))
+    ]
+    if rivals:
+        boxes = "; ".join(
+            "[" + ", ".join(f"{v:.0f}" for v in faces[i].bbox) + "]" for i in [subject, *rivals]
+        )
+        raise AmbiguousPhoto(
+            "multiple_faces",
+            f"{1 + len(rivals)} comparable faces (boxes {boxes}): need one clear subject",
+        )
+    return subject
+
+
+def _size(face: DetectedFace) -> float:
+    x1, y1, x2, y2 = face.bbox
+    return min(x2 - x1, y2 - y1)
+
+
 def face_record(
     face: DetectedFace, candidates: list[Candidate], threshold: float, reasons: list[str] = ()
 ) -> dict[str, Any]:

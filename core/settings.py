@@ -3,18 +3,58 @@
 Nested groups use ``__``: ``FACESTREAM_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``,
 ``FACESTREAM_MATCHING__THRESHOLD=0.45``. Defaults run the embedded stack out of the box;
 ``FACESTREAM_PROFILE=production`` switches broker tuning to Apache Kafka values.
+
+Settings are checked at start, and a problem is one line that names the variable: an unknown
+``FACESTREAM_`` variable (with the nearest valid one), a value out of range, or settings that
+contradict each other. The README's settings table is generated from the field descriptions
+(``python -m devtools.settings_table``).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["embedded", "production"]
+
+ENV_PREFIX = "FACESTREAM_"
+# Room for a record's key, headers and framing next to an image of limits.max_bytes.
+MESSAGE_HEADROOM_BYTES = 64 * 1024
+
+# Constrained types shared by many fields (the README table shows their bounds).
+Count = Annotated[int, Field(ge=1)]
+Bytes = Annotated[int, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's rule
+LogLevel = Annotated[
+    Literal["debug", "info", "warning", "error", "critical"],
+    BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v),
+]
+
+
+class SettingsError(ValueError):
+    """Invalid settings, in one line that names the FACESTREAM_ variables concerned."""
 
 
 def _data_home() -> Path:
@@ -39,9 +79,19 @@ class BrokerTuning(Group):
     the Faust/aiokafka defaults.
     """
 
-    session_timeout_s: float | None = None
-    heartbeat_interval_s: float | None = None
-    producer_max_batch_size: int | None = None
+    session_timeout_s: Seconds | None = Field(
+        None, description="Consumer group session timeout, seconds; none: the profile's."
+    )
+    heartbeat_interval_s: Seconds | None = Field(
+        None,
+        description="Consumer heartbeat interval, seconds, below the session timeout; none: the"
+        " profile's.",
+    )
+    producer_max_batch_size: Count | None = Field(
+        None,
+        description="Producer batch size, bytes (Tansu needs one record per batch); none: the"
+        " profile's.",
+    )
 
     def resolved(self, profile: Profile) -> BrokerTuning:
         base = PROFILE_TUNING[profile]
@@ -65,27 +115,45 @@ PROFILE_TUNING: dict[Profile, BrokerTuning] = {
 class KafkaSecurity(Group):
     """Passed to every Kafka client (Faust, aiokafka producers, consumers and admin)."""
 
-    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
-    ssl_cafile: Path | None = None
-    ssl_certfile: Path | None = None
-    ssl_keyfile: Path | None = None
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism, with a SASL protocol."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(
+        None, description="SASL password (never shown, never sent to Ray actors)."
+    )
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSecurity:
         if self.protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
             raise ValueError(
-                f"kafka.security.protocol={self.protocol} needs sasl_username/password"
+                f"kafka.security.protocol={self.protocol} needs sasl_username and sasl_password"
+                " (FACESTREAM_KAFKA__SECURITY__SASL_USERNAME, __SASL_PASSWORD)"
             )
         return self
 
 
 class KafkaSettings(Group):
-    bootstrap_servers: str = "127.0.0.1:9092"
-    app_id: str = "facestream"
-    max_message_bytes: int = 8 * 1024 * 1024
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        min_length=1,
+        description="Comma-separated broker addresses, e.g. `kafka-1:9092,kafka-2:9092`.",
+    )
+    app_id: str = Field(
+        "facestream",
+        min_length=1,
+        description="Consumer group of the workers; prefix of the Ray actor names.",
+    )
+    max_message_bytes: Bytes = Field(
+        8 * 1024 * 1024,
+        description="Largest Kafka message, bytes: as the broker's `message.max.bytes`.",
+    )
     tuning: BrokerTuning = BrokerTuning()
     security: KafkaSecurity = KafkaSecurity()
 
@@ -95,55 +163,96 @@ class KafkaSettings(Group):
 
 
 class TopicSettings(Group):
-    images: str = "images"
-    matches: str = "matches"
-    dlq: str = "images.dlq"
-    enrollments: str = "enrollments"
-    enrollment_acks: str = "enrollments.acks"
-    audit: str = "audit"
-    images_partitions: int = 4
-    replication_factor: int = 1
+    images: TopicName = Field("images", description="Input topic: one image per message.")
+    matches: TopicName = Field("matches", description="Output topic: one event per image.")
+    dlq: TopicName = Field("images.dlq", description="Bad input and failed images.")
+    enrollments: TopicName = Field("enrollments", description="Enrolment requests.")
+    enrollment_acks: TopicName = Field(
+        "enrollments.acks", description="One outcome per enrolment request."
+    )
+    audit: TopicName = Field("audit", description="Audit trail of gallery changes.")
+    images_partitions: Count = Field(
+        4, description="Partitions of the images topic: at least the number of workers."
+    )
+    replication_factor: Count = Field(
+        1, description="Replicas of each topic (3 on a production cluster)."
+    )
 
 
 class ModelSettings(Group):
-    # None: the bundled default pack (SCRFD-500M + w600k_mbf) copied into cache_dir/models.
-    # Any insightface-format folder (one detection and one recognition .onnx) replaces it.
-    folder: Path | None = None
-    # "auto": CUDAExecutionProvider when onnxruntime offers it, else CPU.
-    providers: list[str] | Literal["auto"] = "auto"
-    det_size: int = 640
-    det_threshold: float = 0.5
-    intra_op_threads: int = 1
-    # Faces beyond this many per image (largest first) are not embedded: bounds memory.
-    max_faces_per_image: int = 64
+    folder: Path | None = Field(
+        None,
+        description="An insightface-format model folder (one detection and one recognition"
+        " .onnx), e.g. a buffalo_l folder; none: the bundled buffalo_s pack.",
+    )
+    providers: Annotated[list[str], Field(min_length=1)] | Literal["auto"] = Field(
+        "auto",
+        description='onnxruntime providers, e.g. `["CUDAExecutionProvider"]`; `auto`: CUDA'
+        " when offered, else CPU.",
+    )
+    det_size: int = Field(640, gt=0, multiple_of=32, description="Detector input side, pixels.")
+    det_threshold: Score = Field(0.5, description="Detector score below which no face is kept.")
+    intra_op_threads: Count = Field(
+        1, description="onnxruntime threads per model replica: its CPUs."
+    )
+    max_faces_per_image: Count = Field(
+        64, description="Faces embedded per image, largest first: bounds memory and time."
+    )
 
 
 class ImageLimits(Group):
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    min_side: int = 16
+    max_bytes: Bytes = Field(
+        7 * 1024 * 1024,
+        description="Larger images are rejected (`too_many_bytes`). At most"
+        f" FACESTREAM_KAFKA__MAX_MESSAGE_BYTES - {MESSAGE_HEADROOM_BYTES} (key and headers).",
+    )
+    max_pixels: Count = Field(
+        40_000_000, description="Images with more pixels are rejected, before decoding."
+    )
+    min_side: Count = Field(16, description="Images with a shorter side are rejected, pixels.")
 
 
 class BatchSettings(Group):
-    size: int = 8
-    wait_ms: int = 50
-    # Concurrent batches per worker: bounds in-flight images to size * in_flight_batches.
-    in_flight_batches: int = 2
+    size: Count = Field(8, le=1024, description="Images per model call (larger on GPU).")
+    wait_ms: int = Field(50, ge=0, description="Longest wait for a batch to fill, milliseconds.")
+    in_flight_batches: Count = Field(
+        2,
+        description="Concurrent batches per worker: in-flight images are at most"
+        " size x in_flight_batches.",
+    )
 
 
 class MatchingSettings(Group):
-    # Cosine similarity of L2-normalised embeddings, in [-1, 1]. See README "Thresholds".
-    threshold: float = 0.4
-    top_k: int = 3
+    threshold: float = Field(
+        0.4,
+        ge=-1,
+        le=1,
+        allow_inf_nan=False,
+        description="Cosine similarity of L2-normalised embeddings at which a face matches"
+        ' (README "Thresholds").',
+    )
+    top_k: Count = Field(3, description="Candidates reported per face.")
 
 
 class QualityGates(Group):
     """A face failing any gate is reported as rejected, with reasons, and never searched."""
 
-    min_face_px: float = 24.0
-    min_det_score: float = 0.5
-    min_sharpness: float = 40.0
-    max_abs_yaw: float = 0.7
+    min_face_px: NonNegative = Field(
+        24.0, description="Faces with a shorter box side, pixels, are `small_face`."
+    )
+    min_det_score: Score = Field(
+        0.5, description="Faces with a lower detection score are `low_det_score`."
+    )
+    min_sharpness: NonNegative = Field(
+        40.0,
+        description="Faces whose aligned crop is less sharp (variance of the Laplacian) are"
+        " `blurry`.",
+    )
+    max_abs_yaw: NonNegative = Field(
+        0.7,
+        description="Faces turned further (nose offset from the eyes' midpoint, in inter-ocular"
+        " distances) are `extreme_pose`.",
+    )
 
 
 class QualitySettings(Group):
@@ -155,69 +264,108 @@ class QualitySettings(Group):
 
 
 class RetrySettings(Group):
-    # Compute-side failures (a dead actor, an unreachable gallery) are retried this many
-    # times with exponential backoff before the images go to the DLQ as processing_failed.
-    attempts: int = Field(default=3, ge=1)
-    backoff_s: float = 0.5
+    attempts: Count = Field(
+        3,
+        description="Tries of a failed compute call (dead actor, unreachable gallery) before"
+        " the images go to the DLQ as `processing_failed`.",
+    )
+    backoff_s: NonNegative = Field(
+        0.5, description="First retry delay, seconds; doubles at each retry."
+    )
 
 
 class GallerySettings(Group):
-    backend: Literal["edge", "server"] = "edge"
-    path: Path = Field(default_factory=lambda: _data_home() / "gallery")
-    url: str | None = None  # server backend, e.g. http://qdrant:6333
-    api_key: str | None = None
-    collection: str = "faces"
-    hnsw_ef: int = 128
+    backend: Literal["edge", "server"] = Field(
+        "edge", description="`edge`: Qdrant's engine in-process; `server`: a Qdrant server."
+    )
+    path: Path = Field(
+        default_factory=lambda: _data_home() / "gallery",
+        description="Folder of the edge gallery.",
+    )
+    url: str | None = Field(
+        None, description="Qdrant server URL (server backend), e.g. `https://qdrant:6333`."
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="Qdrant API key (never shown). Ray nodes need it in their own"
+        " environment: it is not sent to actors.",
+    )
+    collection: str = Field(
+        "faces", min_length=1, description="Qdrant collection (alias) of the server gallery."
+    )
+    hnsw_ef: Count = Field(128, description="HNSW search breadth: recall against speed.")
 
 
 class PrivacySettings(Group):
-    # Enrolment must name its legal basis (a consent reference or a legal ground, e.g.
-    # "consent:form-2026-118" or "GDPR art. 6(1)(e)"). Waiving it is an explicit decision.
-    require_basis: bool = True
+    require_basis: bool = Field(
+        True,
+        description='Enrolment must name its legal basis (e.g. "consent:form-2026-118");'
+        " false waives it, an explicit decision.",
+    )
 
 
 class SightingsSettings(Group):
     """Opt-in: keep unknown faces, to search them later. Off by default (nothing is stored
     about people who are not enrolled); when on, every sighting expires after ``ttl_s``."""
 
-    enabled: bool = False
-    ttl_s: float | None = None  # mandatory when enabled
-    purge_interval_s: float = 60.0
+    enabled: bool = Field(False, description="Keep unknown faces, to search them later.")
+    ttl_s: Seconds | None = Field(
+        None, description="Retention of a sighting, seconds: mandatory when enabled."
+    )
+    purge_interval_s: Seconds = Field(
+        60.0, description="How often each worker deletes expired sightings, seconds."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SightingsSettings:
-        if self.enabled and not (self.ttl_s and self.ttl_s > 0):
-            raise ValueError("sightings.enabled needs a positive sightings.ttl_s (retention)")
+        if self.enabled and self.ttl_s is None:
+            raise ValueError(
+                "sightings.enabled needs a retention period sightings.ttl_s"
+                " (FACESTREAM_SIGHTINGS__TTL_S)"
+            )
         return self
 
 
 class MetricsSettings(Group):
-    enabled: bool = True
-    # Bound to localhost unless configured: metrics reveal traffic patterns.
-    host: str = "127.0.0.1"
-    port: int = 9464
-    max_sources: int = 100  # distinct ``source`` label values; the rest count as "other"
-    # Where `facestream status` and `up --with-prometheus` find Prometheus.
-    prometheus_url: str = "http://127.0.0.1:9090"
+    enabled: bool = Field(True, description="Serve Prometheus metrics from each worker.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the metrics endpoint binds to: metrics reveal traffic patterns.",
+    )
+    port: Port = Field(9464, description="Port of the metrics endpoint.")
+    max_sources: Count = Field(
+        100, description='Distinct `source` label values; the rest count as "other".'
+    )
+    prometheus_url: str = Field(
+        "http://127.0.0.1:9090",
+        description="Where `facestream status` and `up --with-prometheus` find Prometheus.",
+    )
 
 
 class RaySettings(Group):
-    address: str | None = None  # None: start a local Ray inside the worker
-    namespace: str = "facestream"
-    num_cpus: int | None = None
-    model_replicas: int = 1
-    model_num_cpus: float = 1.0
-    model_num_gpus: float = 0.0
-    # The local Ray's metrics agent (actor stage timings), when the worker starts Ray itself.
-    metrics_export_port: int | None = 9465
+    address: str | None = Field(
+        None, description="Ray cluster address, e.g. `ray-head:6379`; none: a local Ray."
+    )
+    namespace: str = Field("facestream", min_length=1, description="Ray namespace.")
+    num_cpus: Count | None = Field(None, description="CPUs of the local Ray; none: all of them.")
+    model_replicas: Count = Field(1, description="Model actors serving every worker.")
+    model_num_cpus: NonNegative = Field(1.0, description="CPUs reserved per model actor.")
+    model_num_gpus: NonNegative = Field(
+        0.0, description="GPUs per model actor; fractions share a GPU (0.25: four per GPU)."
+    )
+    metrics_export_port: Port | None = Field(
+        9465, description="Metrics port of the local Ray (actor stage timings); none: Ray picks."
+    )
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="FACESTREAM_", env_nested_delimiter="__", extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid"
     )
 
-    profile: Profile = "embedded"
+    profile: Profile = Field(
+        "embedded", description="Broker tuning: `embedded` (Tansu) or `production` (Kafka)."
+    )
     kafka: KafkaSettings = KafkaSettings()
     topics: TopicSettings = TopicSettings()
     model: ModelSettings = ModelSettings()
@@ -231,15 +379,38 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     sightings: SightingsSettings = SightingsSettings()
     metrics: MetricsSettings = MetricsSettings()
-    cache_dir: Path = Field(default_factory=_cache_home)
-    log_level: str = "info"
+    cache_dir: Path = Field(
+        default_factory=_cache_home, description="Models, sample photos and run logs."
+    )
+    log_level: LogLevel = Field("info", description="Log level of the workers.")
+
+    def __init__(self, **values: Any) -> None:
+        # pydantic-settings ignores unknown top-level variables: refuse them here.
+        unknown = [_unknown(name) for name in os.environ if _is_unknown(name)]
+        if unknown:
+            raise SettingsError("; ".join(unknown))
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from exc
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.gallery.backend == "server" and not self.gallery.url:
             raise ValueError("gallery.backend=server needs gallery.url (FACESTREAM_GALLERY__URL)")
-        if not 0 < self.batch.size <= 1024:
-            raise ValueError("batch.size must be in 1..1024")
+        fits = self.kafka.max_message_bytes - MESSAGE_HEADROOM_BYTES
+        if self.limits.max_bytes > fits:  # such images could never arrive, nor be refused
+            raise ValueError(
+                f"FACESTREAM_LIMITS__MAX_BYTES={self.limits.max_bytes} does not fit in a Kafka"
+                f" message of FACESTREAM_KAFKA__MAX_MESSAGE_BYTES={self.kafka.max_message_bytes}:"
+                f" keep it at most {fits} ({MESSAGE_HEADROOM_BYTES} bytes for key and headers)"
+            )
+        heartbeat, session = self.tuning.heartbeat_interval_s, self.tuning.session_timeout_s
+        if heartbeat is not None and session is not None and heartbeat >= session:
+            raise ValueError(
+                f"FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S={heartbeat} must be below"
+                f" FACESTREAM_KAFKA__TUNING__SESSION_TIMEOUT_S={session}"
+            )
         return self
 
     def override(self, **changes: object) -> Settings:
@@ -266,11 +437,137 @@ class Settings(BaseSettings):
                 for k, v in value.items():
                     walk(f"{prefix}__{k.upper()}" if prefix else k.upper(), v)
             elif isinstance(value, SecretStr):  # the child needs the secret itself
-                out[f"FACESTREAM_{prefix}"] = value.get_secret_value()
+                out[f"{ENV_PREFIX}{prefix}"] = value.get_secret_value()
             elif isinstance(value, str | Path):
-                out[f"FACESTREAM_{prefix}"] = str(value)
+                out[f"{ENV_PREFIX}{prefix}"] = str(value)
             elif value is not None:
-                out[f"FACESTREAM_{prefix}"] = json.dumps(value)
+                out[f"{ENV_PREFIX}{prefix}"] = json.dumps(value)
 
         walk("", self.model_dump())
         return out
+
+    def without_secrets(self) -> Settings:
+        """A copy with every secret (passwords, API keys) set to None: what Ray actors get,
+        since their constructor arguments are pickled and kept by Ray. Not re-validated, so
+        that settings which need a secret (SASL) still make a copy."""
+        copy = self
+        for field in secret_fields():
+            copy = _replaced(copy, field.path, None)
+        return copy
+
+    def with_env_secrets(self, environ: Mapping[str, str] | None = None) -> Settings:
+        """A copy whose secrets are those of ``environ`` (default: this process's), where it
+        sets them: how an actor that got ``without_secrets()`` finds the secrets it needs."""
+        upper = {k.upper(): v for k, v in (os.environ if environ is None else environ).items()}
+        copy = self
+        for field in secret_fields():
+            if field.variable in upper:
+                copy = _replaced(copy, field.path, SecretStr(upper[field.variable]))
+        return copy
+
+
+# -- the model as a list of variables: for errors, secrets and the README table --------------
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One leaf setting: its path in the model, its field info and its default value."""
+
+    path: tuple[str, ...]
+    info: FieldInfo
+    default: object
+
+    @property
+    def variable(self) -> str:
+        return variable(self.path)
+
+    @property
+    def secret(self) -> bool:
+        annotation = self.info.annotation
+        return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+def variable(path: tuple[str, ...]) -> str:
+    """The variable of a settings path: ("gallery", "url") -> FACESTREAM_GALLERY__URL."""
+    return ENV_PREFIX + "__".join(path).upper()
+
+
+def _group_of(info: FieldInfo) -> type[BaseModel] | None:
+    annotation = info.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Group) else None
+
+
+def setting_fields(
+    model: type[BaseModel] = Settings,
+    defaults: BaseModel | None = None,
+    prefix: tuple[str, ...] = (),
+) -> Iterator[SettingField]:
+    """Every leaf setting of ``model``, in declaration order, with its default."""
+    for name, info in model.model_fields.items():
+        if defaults is not None and info.default_factory is None:
+            default = getattr(defaults, name)  # a group's defaults: its default instance's
+        else:  # a factory's default (e.g. under the home folder) as it is computed now
+            default = info.get_default(call_default_factory=True)
+        group = _group_of(info)
+        if group is None:
+            yield SettingField((*prefix, name), info, default)
+        else:
+            yield from setting_fields(group, default, (*prefix, name))
+
+
+@cache
+def _leaves() -> dict[tuple[str, ...], SettingField]:
+    return {field.path: field for field in setting_fields()}
+
+
+@cache
+def _known_variables() -> tuple[str, ...]:
+    """Leaf variables and group variables (a group accepts a JSON object), sorted."""
+    paths = {path[:n] for path in _leaves() for n in range(1, len(path) + 1)}
+    return tuple(sorted(variable(p) for p in paths))
+
+
+def secret_fields() -> list[SettingField]:
+    return [field for field in _leaves().values() if field.secret]
+
+
+def _is_unknown(name: str) -> bool:
+    upper = name.upper()  # pydantic-settings matches names case-insensitively
+    return upper.startswith(ENV_PREFIX) and upper not in _known_variables()
+
+
+def _unknown(name: str) -> str:
+    (nearest,) = difflib.get_close_matches(name.upper(), _known_variables(), n=1, cutoff=0)
+    return f"{name}: no such setting (nearest valid one: {nearest})"
+
+
+def _replaced(model: BaseModel, path: tuple[str, ...], value: object) -> Any:
+    """A copy of ``model`` with the field at ``path`` set to ``value``, without validation."""
+    head, *rest = path
+    new = _replaced(getattr(model, head), tuple(rest), value) if rest else value
+    return model.model_copy(update={head: new})
+
+
+def _describe(exc: ValidationError) -> str:
+    """pydantic's errors as one line, each naming its variable."""
+    wrong: dict[str, list[str]] = {}  # a variable, or a whole message -> what is wrong
+    got: dict[str, str] = {}
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            wrong.setdefault(_unknown(variable(loc)), [])
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        # The longest prefix of loc that is a setting (beyond it: union members, list items).
+        path = next((loc[:n] for n in range(len(loc), 0, -1) if loc[:n] in _leaves()), None)
+        if path is None:  # a check of a group or of the whole: its message names the variables
+            wrong.setdefault(message, [])
+            continue
+        name = variable(path)
+        wrong.setdefault(name, []).append(message[0].lower() + message[1:])
+        if not _leaves()[path].secret:
+            got[name] = f", got {error['input']!r}"
+    return "; ".join(
+        f"{head}: {' or '.join(msgs)}{got.get(head, '')}" if msgs else head
+        for head, msgs in wrong.items()
+    )

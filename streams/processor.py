@@ -14,7 +14,7 @@ import numpy as np
 
 from core import audit
 from core.compute import Compute
-from core.decisions import Decision, SearchPlan
+from core.decisions import AmbiguousPhoto, Decision, SearchPlan, enrolment_face
 from core.errors import one_line
 from core.events import dlq_event, match_event
 from core.faces import ImageFaces
@@ -129,6 +129,7 @@ class EnrollmentProcessor:
         self.compute = compute
         self.model_id = compute.model_id
         self.gates = settings.quality.enrol
+        self.search_gates = settings.quality.search
         self.require_basis = settings.privacy.require_basis
 
     async def process(self, raw: bytes | None, key: bytes | None = None) -> EnrollmentResult | None:
@@ -171,21 +172,21 @@ class EnrollmentProcessor:
         basis = next((p.get("basis") for p in stored), None)
         return EnrollmentResult(reply, audit.gallery_change(reply, basis, photos), req.identity)
 
-    def _photo_problem(self, photo: Photo, result: ImageFaces | ImageRejected) -> tuple | None:
-        """(reason, message) when ``photo`` cannot define a person, else None."""
+    def _subject(self, photo: Photo, result: ImageFaces | ImageRejected) -> int | tuple:
+        """The index of the face that defines the person in ``photo``, or (reason, message)
+        when the photo cannot define one."""
         if isinstance(result, ImageRejected):
             return result.reason, result.message
-        if len(result.faces) != 1:
-            reason = (
-                EnrollmentReason.NO_FACE if not result.faces else EnrollmentReason.MULTIPLE_FACES
-            )
-            return reason, f"{photo.name}: found {len(result.faces)} faces, need exactly one"
-        face = result.faces[0]
+        try:
+            index = enrolment_face(result, self.search_gates)
+        except AmbiguousPhoto as exc:
+            return exc.reason, f"{photo.name}: {exc}"
+        face = result.faces[index]
         why = assess(face.quality, face.det_score, self.gates) if face.quality else []
         if why:
             detail = f"{', '.join(why)} (quality {face.quality.as_dict()})"
             return why[0], f"{photo.name}: face fails the enrolment gates: {detail}"
-        return None
+        return index
 
     async def _enroll(self, req: EnrollmentRequest) -> dict[str, Any]:
         def refuse(reason: str, message: str, photo: str | None = None) -> dict[str, Any]:
@@ -199,10 +200,13 @@ class EnrollmentProcessor:
         if not req.photos:
             return refuse(EnrollmentReason.BAD_REQUEST, "an enrolment needs at least one photo")
         results = await self.compute.analyze([p.data for p in req.photos])
+        subjects = []
         for photo, result in zip(req.photos, results, strict=True):
-            if problem := self._photo_problem(photo, result):
-                return refuse(*problem, photo.name)
-        embeddings = np.concatenate([r.embeddings for r in results])
+            subject = self._subject(photo, result)
+            if isinstance(subject, tuple):
+                return refuse(*subject, photo.name)
+            subjects.append(result.embeddings[subject])
+        embeddings = np.stack(subjects)
         photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
         await self.compute.add(req.identity, req.name, embeddings, photos, req.basis)
         return ack(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import SecretStr
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
@@ -17,7 +18,11 @@ from actors.gallery.base import Gallery, Hit
 _SCROLL_PAGE = 1024
 
 
-def make_client(url: str, api_key: str | None = None) -> QdrantClient:
+def make_client(url: str, api_key: SecretStr | str | None = None) -> QdrantClient:
+    """A client for ``url``; the API key (settings hold it as a SecretStr) is revealed here
+    only, to qdrant-client."""
+    if isinstance(api_key, SecretStr):
+        api_key = api_key.get_secret_value()
     if url == ":memory:":
         return QdrantClient(location=":memory:")
     if url.startswith("path:"):
@@ -34,7 +39,7 @@ class ServerGallery(Gallery):
         collection: str,
         model_id: str | None,
         dim: int | None,
-        api_key: str | None = None,
+        api_key: SecretStr | str | None = None,
     ) -> None:
         super().__init__(model_id, dim)
         self.client = make_client(url, api_key)

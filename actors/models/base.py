@@ -27,6 +27,10 @@ class FaceModel(ABC):
     def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
         """L2-normalised embeddings for aligned crops, in one batched call."""
 
+    def pose_landmarks(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        """The landmarks to read the pose from (a runtime may refine tilted faces')."""
+        return landmarks
+
     @abstractmethod
     def align(self, image_bgr: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """The aligned crop the recogniser expects for one face."""
@@ -43,7 +47,7 @@ class FaceModel(ABC):
         for img, (faces, all_kps) in zip(images_bgr, detections, strict=True):
             for face, kps in zip(faces, all_kps, strict=True):
                 crop = self.align(img, kps)
-                face.quality = measure(crop, kps, face.bbox)
+                face.quality = measure(crop, self.pose_landmarks(img, kps), face.bbox)
                 crops.append(crop)
         embeddings = (
             self.embed_crops(crops) if crops else np.zeros((0, self.embedding_dim), np.float32)

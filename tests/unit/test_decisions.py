@@ -64,4 +64,4 @@ def test_rejected_face_record_is_never_a_match() -> None:
     record = face_record(face(GOOD), [Candidate("x", 0.99)], 0.4, ["blurry"])
     assert record["decision"] == "rejected" and record["reasons"] == ["blurry"]
     assert record["identity"] is None and record["candidates"] == []
-    assert record["quality"] == {"size": 100, "sharpness": 300, "yaw": 0.1}
+    assert record["quality"] == {"size": 100, "sharpness": 300, "yaw": 0.1, "pitch": 0.0, "roll": 0.0}

@@ -1,10 +1,17 @@
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import click
 import pytest
+from pydantic import SecretStr
 
-from core.settings import PROFILE_TUNING, Settings
+from core.settings import MESSAGE_HEADROOM_BYTES, PROFILE_TUNING, Settings, SettingsError
+
+SECRET = "k3y-that-must-not-leak"
 
 
 def test_env_prefix_and_nested_delimiter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -109,11 +116,278 @@ def test_server_gallery_needs_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().gallery.url == "http://qdrant:6333"
 
 
-def test_misspelt_setting_is_an_error_not_ignored() -> None:
-    with pytest.raises(ValueError, match="backof_s"):
+def one_line_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    """The error Settings() raises with these variables set; it must be one line."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        Settings()
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# -- 1. an unknown FACESTREAM_ variable is an error, at any level ------------------------------
+
+
+def test_misspelt_group_variable_is_an_error_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert one_line_error(monkeypatch, FACESTREAM_GALERY__PATH="/srv/gallery") == (
+        "FACESTREAM_GALERY__PATH: no such setting (nearest valid one: FACESTREAM_GALLERY__PATH)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("FACESTREAM_GALLERY__PAHT", "FACESTREAM_GALLERY__PATH"),
+        ("FACESTREAM_QUALITY__ENROL__MIN_FACE", "FACESTREAM_QUALITY__ENROL__MIN_FACE_PX"),
+        ("FACESTREAM_LOGLEVEL", "FACESTREAM_LOG_LEVEL"),
+        ("facestream_matching__treshold", "FACESTREAM_MATCHING__THRESHOLD"),
+    ],
+)
+def test_unknown_variable_names_the_nearest_valid_one(
+    monkeypatch: pytest.MonkeyPatch, name: str, nearest: str
+) -> None:
+    message = one_line_error(monkeypatch, **{name: "1"})
+    assert message.startswith(f"{name}: ") and message.endswith(f"{nearest})")
+
+
+def test_every_unknown_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = one_line_error(monkeypatch, FACESTREAM_GALERY__PATH="x", FACESTREAM_BATCH__SIZ="2")
+    assert "FACESTREAM_GALERY__PATH" in message and "FACESTREAM_BATCH__SIZ" in message
+
+
+def test_variables_without_the_prefix_stay_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ["GALERY__PATH", "XFACESTREAM_GALERY", "FACESTREAMING", "RAY_ADDRESS"]:
+        monkeypatch.setenv(name, "1")
+    assert Settings().matching.threshold == 0.4
+
+
+def test_a_group_as_json_is_a_valid_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACESTREAM_MATCHING", '{"threshold": 0.5}')
+    assert Settings().matching.threshold == 0.5
+
+
+def test_misspelt_override_is_an_error_not_ignored() -> None:
+    with pytest.raises(SettingsError, match=r"FACESTREAM_RETRY__BACKOF_S: .*RETRY__BACKOFF_S\)"):
         Settings().override(retry__backof_s=0.0)
+    with pytest.raises(SettingsError, match=r"FACESTREAM_LOG_LEVLE: .*FACESTREAM_LOG_LEVEL\)"):
+        Settings().override(log_levle="debug")  # top level: was silently ignored
 
 
-def test_retry_attempts_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="attempts"):
+def test_cli_shows_a_settings_error_as_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facestream.cli import _settings
+
+    monkeypatch.setenv("FACESTREAM_GALERY__PATH", "x")
+    with pytest.raises(click.ClickException) as info:
+        _settings()
+    assert info.value.message.startswith("invalid settings: FACESTREAM_GALERY__PATH: ")
+    assert "\n" not in info.value.message
+
+
+# -- 2. secrets are never shown -------------------------------------------------------------
+
+
+def with_secrets() -> Settings:
+    return Settings().override(
+        gallery__backend="server",
+        gallery__url="https://qdrant:6333",
+        gallery__api_key=SECRET,
+        kafka__security__protocol="SASL_SSL",
+        kafka__security__sasl_username="facestream",
+        kafka__security__sasl_password=SECRET,
+    )
+
+
+def test_api_key_is_never_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = with_secrets()
+    assert isinstance(settings.gallery.api_key, SecretStr)
+    assert SECRET not in repr(settings) and SECRET not in str(settings)
+    assert SECRET not in repr(settings.gallery) and SECRET not in str(settings.gallery)
+    assert settings.gallery.api_key.get_secret_value() == SECRET
+    monkeypatch.setenv("FACESTREAM_GALLERY__BACKEND", "server")
+    monkeypatch.setenv("FACESTREAM_GALLERY__URL", "https://qdrant:6333")
+    monkeypatch.setenv("FACESTREAM_GALLERY__API_KEY", SECRET)
+    assert SECRET not in repr(Settings())
+
+
+def test_child_processes_still_get_the_secrets() -> None:
+    env = with_secrets().env()
+    assert env["FACESTREAM_GALLERY__API_KEY"] == SECRET
+    assert env["FACESTREAM_KAFKA__SECURITY__SASL_PASSWORD"] == SECRET
+
+
+def test_a_wrong_secret_is_not_echoed_in_the_error() -> None:
+    with pytest.raises(SettingsError, match="FACESTREAM_GALLERY__API_KEY") as info:
+        Settings().override(gallery__api_key=[SECRET])
+    assert SECRET not in str(info.value)
+
+
+def test_qdrant_client_gets_the_revealed_key() -> None:
+    from actors.gallery.server import make_client
+
+    client = make_client("https://qdrant.example:6333", with_secrets().gallery.api_key)
+    assert client._client._api_key == SECRET
+
+
+# -- 3. secrets never travel to actors ------------------------------------------------------
+
+
+def test_without_secrets_removes_every_secret_and_nothing_else() -> None:
+    settings = with_secrets()
+    shipped = settings.without_secrets()
+    assert SECRET.encode() in pickle.dumps(settings)  # what the test would catch
+    assert SECRET.encode() not in pickle.dumps(shipped)
+    assert shipped.gallery.api_key is None and shipped.kafka.security.sasl_password is None
+    assert settings.gallery.api_key is not None  # the original keeps them
+    expected = settings.model_dump()
+    expected["gallery"]["api_key"] = expected["kafka"]["security"]["sasl_password"] = None
+    assert shipped.model_dump() == expected
+
+
+def test_settings_sent_to_actors_hold_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors import cluster
+
+    sent: list[tuple[Any, ...]] = []
+
+    class FakeActorClass:
+        def options(self, **_: Any) -> FakeActorClass:
+            return self
+
+        def remote(self, *args: Any) -> Any:
+            sent.append(args)
+            return SimpleNamespace(info=SimpleNamespace(remote=lambda: None))
+
+    info = {"model_id": "m@1", "embedding_dim": 512, "providers": ["CPUExecutionProvider"]}
+    monkeypatch.setattr(cluster, "ModelActor", FakeActorClass())
+    monkeypatch.setattr(cluster, "GalleryActor", FakeActorClass())
+    monkeypatch.setattr(cluster.ray, "get", lambda _: info)
+    cluster.ensure_actors(with_secrets().override(ray__model_replicas=2))
+    assert len(sent) == 3  # two model actors and the gallery actor
+    assert all(isinstance(args[0], Settings) for args in sent)
+    assert SECRET.encode() not in pickle.dumps(sent)
+
+
+def test_an_actor_reads_the_secrets_from_its_own_environment() -> None:
+    shipped = with_secrets().without_secrets()
+    restored = shipped.with_env_secrets({"FACESTREAM_GALLERY__API_KEY": "from-the-node"})
+    assert restored.gallery.api_key is not None
+    assert restored.gallery.api_key.get_secret_value() == "from-the-node"
+    assert restored.kafka.security.sasl_password is None  # not in that environment
+    assert shipped.with_env_secrets({}).gallery.api_key is None
+
+
+# -- 4. settings that contradict each other -------------------------------------------------
+
+
+def test_default_byte_limit_fits_in_a_kafka_message() -> None:
+    settings = Settings()
+    assert settings.limits.max_bytes <= settings.kafka.max_message_bytes - MESSAGE_HEADROOM_BYTES
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"limits__max_bytes": 20 * 1024 * 1024},  # the old default: too_many_bytes never fired
+        {"kafka__max_message_bytes": 4 * 1024 * 1024},
+        {"limits__max_bytes": 1_000_000, "kafka__max_message_bytes": 1_000_000},
+    ],
+)
+def test_byte_limit_beyond_the_message_size_is_refused(changes: dict[str, int]) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings().override(**changes)
+    message = str(info.value)
+    assert "FACESTREAM_LIMITS__MAX_BYTES" in message
+    assert "FACESTREAM_KAFKA__MAX_MESSAGE_BYTES" in message
+
+
+def test_byte_limit_with_headroom_to_spare_is_accepted() -> None:
+    size = 1_000_000
+    settings = Settings().override(
+        limits__max_bytes=size - MESSAGE_HEADROOM_BYTES, kafka__max_message_bytes=size
+    )
+    assert settings.limits.max_bytes == size - MESSAGE_HEADROOM_BYTES
+
+
+def test_heartbeat_must_be_shorter_than_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = one_line_error(monkeypatch, FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S="5")
+    assert "HEARTBEAT_INTERVAL_S=5.0" in message and "SESSION_TIMEOUT_S=4.0" in message
+    assert Settings(profile="production").override(
+        kafka__tuning__heartbeat_interval_s=5
+    ).tuning == PROFILE_TUNING["production"].model_copy(update={"heartbeat_interval_s": 5.0})
+
+
+# -- 5. dangerous values are refused, naming the variable -----------------------------------
+
+COUNTS = [
+    "MATCHING__TOP_K",
+    "BATCH__SIZE",
+    "BATCH__IN_FLIGHT_BATCHES",
+    "TOPICS__IMAGES_PARTITIONS",
+    "TOPICS__REPLICATION_FACTOR",
+    "RAY__MODEL_REPLICAS",
+    "MODEL__MAX_FACES_PER_IMAGE",
+    "RETRY__ATTEMPTS",
+    "METRICS__MAX_SOURCES",
+    "MODEL__INTRA_OP_THREADS",
+    "GALLERY__HNSW_EF",
+]
+REFUSED = [
+    *[("MATCHING__THRESHOLD", v) for v in ["nan", "inf", "-inf", "1.01", "-1.5"]],
+    *[("MODEL__DET_THRESHOLD", v) for v in ["nan", "1.5", "-0.1"]],
+    ("QUALITY__SEARCH__MIN_DET_SCORE", "1.1"),
+    ("QUALITY__ENROL__MIN_DET_SCORE", "-0.1"),
+    ("QUALITY__SEARCH__MIN_FACE_PX", "-1"),
+    *[(name, "0") for name in COUNTS],
+    ("BATCH__SIZE", "1025"),
+    *[("METRICS__PORT", v) for v in ["0", "65536"]],
+    ("RAY__METRICS_EXPORT_PORT", "70000"),
+    *[("KAFKA__TUNING__SESSION_TIMEOUT_S", v) for v in ["0", "inf"]],
+    ("SIGHTINGS__PURGE_INTERVAL_S", "0"),
+    ("SIGHTINGS__TTL_S", "-1"),
+    *[("RETRY__BACKOFF_S", v) for v in ["-0.1", "nan"]],
+    ("BATCH__WAIT_MS", "-1"),
+    *[(name, "0") for name in ["KAFKA__MAX_MESSAGE_BYTES", "LIMITS__MAX_BYTES"]],
+    *[(name, "0") for name in ["LIMITS__MAX_PIXELS", "LIMITS__MIN_SIDE"]],
+    *[("MODEL__DET_SIZE", v) for v in ["0", "-32", "650"]],
+    ("MODEL__PROVIDERS", "[]"),
+    *[("TOPICS__IMAGES", v) for v in ["", "images/raw"]],
+    ("LOG_LEVEL", "loud"),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), REFUSED)
+def test_dangerous_value_is_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    variable = f"FACESTREAM_{name}"
+    message = one_line_error(monkeypatch, **{variable: value})
+    assert message.startswith(f"{variable}: ")
+    assert message.endswith((f"got {value!r}", f"got {value}"))  # the text, or parsed JSON
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("MATCHING__THRESHOLD", "-1", -1.0),
+        ("MATCHING__THRESHOLD", "1", 1.0),
+        ("MODEL__DET_THRESHOLD", "0", 0.0),
+        ("RETRY__BACKOFF_S", "0", 0.0),  # what the unit tests use
+        ("BATCH__WAIT_MS", "0", 0),
+        ("BATCH__SIZE", "1024", 1024),
+        ("MODEL__DET_SIZE", "32", 32),
+        ("METRICS__PORT", "65535", 65535),
+        ("LOG_LEVEL", "DEBUG", "debug"),
+    ],
+)
+def test_values_at_the_bounds_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: object
+) -> None:
+    monkeypatch.setenv(f"FACESTREAM_{name}", value)
+    group, _, leaf = name.lower().rpartition("__")
+    assert getattr(getattr(Settings(), group) if group else Settings(), leaf) == expected
+
+
+def test_override_reports_the_variable_too() -> None:
+    with pytest.raises(SettingsError, match=r"^FACESTREAM_RETRY__ATTEMPTS: .*got 0$"):
         Settings().override(retry__attempts=0)
