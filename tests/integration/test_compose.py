@@ -220,8 +220,10 @@ def test_every_facestream_variable_is_a_setting(
             setting_path(line.split("=", 1)[0])
     users = [
         name
-        for name in config["services"]
+        for name, svc in config["services"].items()
         if any(k.startswith("FACESTREAM_") for k in env_of(config, name))
+        # Ray nodes hold only the gallery key (see the next test); actors bring the rest.
+        and (svc.get("command") or [])[:2] != ["ray", "start"]
     ]
     assert {"worker", "topics"} <= set(users)
     for name in users:
@@ -265,7 +267,24 @@ def test_qdrant_serves_the_gallery_url(
     qdrant = env_of(config, url.hostname or "")
     assert service(config, url.hostname or "")["image"].startswith("qdrant/qdrant:")
     assert url.port == int(qdrant["QDRANT__SERVICE__HTTP_PORT"])
-    assert settings.gallery.api_key == qdrant["QDRANT__SERVICE__API_KEY"]
+    assert settings.gallery.api_key is not None
+    assert settings.gallery.api_key.get_secret_value() == qdrant["QDRANT__SERVICE__API_KEY"]
+
+
+def test_ray_nodes_hold_the_gallery_key_that_actors_read_from_their_environment(
+    config: dict[str, Any],
+) -> None:
+    """Actors get their settings without secrets; the gallery owner, which may run on any
+    Ray node, reads the Qdrant key from its node's environment."""
+    qdrant_key = env_of(config, "qdrant")["QDRANT__SERVICE__API_KEY"]
+    nodes = [
+        name
+        for name, svc in config["services"].items()
+        if (svc.get("command") or [])[:2] == ["ray", "start"]
+    ]
+    assert nodes
+    for name in nodes:
+        assert env_of(config, name)["FACESTREAM_GALLERY__API_KEY"] == qdrant_key, name
 
 
 def test_ray_nodes_join_the_configured_head_with_token_auth(

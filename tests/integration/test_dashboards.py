@@ -11,7 +11,7 @@ dashboard must return at least one series with a number in it.
 ``promtool`` checks the compose config and the rules, and unit-tests the alerts. Without the
 ``prometheus`` package these tests fail rather than skip: CI installs it (``.ci/run``).
 
-``FACESTREAM_DASHBOARD_PNG=docs/dashboard.png`` runs the traffic for about three minutes
+``DASHBOARD_PNG=docs/dashboard.png`` runs the traffic for about three minutes
 and renders the overview dashboard there (the picture in the README).
 """
 
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = ROOT / "infra" / "prometheus"
 GRAFANA_DIR = ROOT / "infra" / "grafana"
 DASHBOARDS = sorted((GRAFANA_DIR / "dashboards").glob("*.json"))
-RENDER_TO = os.environ.get("FACESTREAM_DASHBOARD_PNG")
+RENDER_TO = os.environ.get("DASHBOARD_PNG")
 # Rounds of traffic before and after a model replica is killed, ~3 s each. Longer when
 # rendering the README's picture, so that its charts have a shape.
 ROUNDS = (36, 18) if RENDER_TO else (4, 3)
