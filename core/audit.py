@@ -10,7 +10,7 @@ from typing import Any
 
 from core.events import utc_now
 
-AUDIT_SCHEMA = "facestream.audit/v1"
+AUDIT_SCHEMA = "facestream.audit/v1.1"  # v1.1: the review decision, review_threshold
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -26,6 +26,7 @@ def identification(event: dict[str, Any]) -> dict[str, Any]:
         source=event["source"],
         model=event["model"],
         threshold=event["threshold"],
+        review_threshold=event["review_threshold"],
         decisions=[
             {
                 "decision": f["decision"],

@@ -10,15 +10,34 @@ import numpy as np
 
 from core.faces import Candidate, DetectedFace, ImageFaces
 from core.quality import assess
-from core.settings import QualityGates
+from core.settings import MatchingSettings, QualityGates
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The settings every decision depends on, stamped into each event."""
+    """The settings every decision depends on, stamped into each event.
+
+    Per searched face: ``match`` at or above ``threshold``; ``review`` at or above
+    ``review_threshold`` (a candidate a person must confirm before anyone acts on it);
+    ``unknown`` below. A face that failed a quality gate is ``rejected`` and not searched.
+    """
 
     model_id: str
     threshold: float
+    review_threshold: float | None = None  # None: no review band
+
+    @classmethod
+    def configured(cls, model_id: str, matching: MatchingSettings) -> Decision:
+        return cls(model_id, matching.threshold, matching.review_threshold)
+
+    def of(self, similarity: float | None) -> str:
+        if similarity is None:
+            return "unknown"
+        if similarity >= self.threshold:
+            return "match"
+        if self.review_threshold is not None and similarity >= self.review_threshold:
+            return "review"
+        return "unknown"
 
 
 @dataclass
@@ -93,7 +112,7 @@ def _size(face: DetectedFace) -> float:
 
 
 def face_record(
-    face: DetectedFace, candidates: list[Candidate], threshold: float, reasons: list[str] = ()
+    face: DetectedFace, candidates: list[Candidate], decision: Decision, reasons: list[str] = ()
 ) -> dict[str, Any]:
     quality = face.quality.as_dict() if face.quality else None
     record = {
@@ -112,12 +131,13 @@ def face_record(
             "candidates": [],
         }
     best = candidates[0] if candidates else None
-    matched = best is not None and best.similarity >= threshold
+    verdict = decision.of(best.similarity if best else None)
     return {
         **record,
-        "decision": "match" if matched else "unknown",
+        "decision": verdict,
         "reasons": [],
-        "identity": best.identity if matched else None,
+        # A review names its candidate too: the person confirming needs to know whom.
+        "identity": best.identity if verdict in ("match", "review") else None,
         "similarity": best.similarity if best else None,
         "candidates": [{"identity": c.identity, "similarity": c.similarity} for c in candidates],
     }

@@ -14,7 +14,9 @@ from typing import Any
 from core.decisions import Decision, face_record
 from core.faces import Candidate, ImageFaces
 
-MATCH_SCHEMA = "facestream.match/v1"
+# v1.1 adds the ``review`` decision, ``review_threshold`` and the pose's pitch and roll: a
+# v1 consumer that acts on ``decision == "match"`` is unaffected (a review is never a match).
+MATCH_SCHEMA = "facestream.match/v1.1"
 DLQ_SCHEMA = "facestream.dlq/v1"
 
 
@@ -50,8 +52,9 @@ def match_event(
         "processed_at": utc_now(),
         "model": decision.model_id,
         "threshold": decision.threshold,
+        "review_threshold": decision.review_threshold,
         "faces": [
-            face_record(face, cands, decision.threshold, why)
+            face_record(face, cands, decision, why)
             for face, cands, why in zip(analysis.faces, candidates, reasons, strict=True)
         ],
     }

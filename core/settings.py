@@ -231,7 +231,25 @@ class MatchingSettings(Group):
         description="Cosine similarity of L2-normalised embeddings at which a face matches"
         ' (README "Thresholds").',
     )
+    review_threshold: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        allow_inf_nan=False,
+        description="Similarity at which a face below the threshold is still a `review`"
+        " candidate, for a person to confirm (at most the threshold; equal to it: no review"
+        ' band). README "Thresholds".',
+    )
     top_k: Count = Field(3, description="Candidates reported per face.")
+
+    @model_validator(mode="after")
+    def _review_below_match(self) -> MatchingSettings:
+        if self.review_threshold > self.threshold:
+            raise ValueError(
+                "FACESTREAM_MATCHING__REVIEW_THRESHOLD must not exceed"
+                " FACESTREAM_MATCHING__THRESHOLD"
+            )
+        return self
 
 
 class QualityGates(Group):

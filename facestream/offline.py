@@ -70,7 +70,7 @@ class OfflineIdentifier:
                 self.model.model_id,
                 current,
             )
-        self.decision = Decision(self.model.model_id, settings.matching.threshold)
+        self.decision = Decision.configured(self.model.model_id, settings.matching)
 
     def identify(self, image_id: str, data: bytes) -> dict[str, Any]:
         meta = ImageMeta(image_id=image_id, source="offline")

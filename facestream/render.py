@@ -15,6 +15,8 @@ def describe_face(face: dict[str, Any]) -> str:
         return f"[dim]rejected ({', '.join(face['reasons'])})[/]"
     if face["decision"] == "match":
         return f"[green]{face['identity']}[/] {face['similarity']:.2f}"
+    if face["decision"] == "review":
+        return f"[magenta]review: {face['identity']}?[/] {face['similarity']:.2f}"
     best = f" (best {face['similarity']:.2f})" if face.get("similarity") is not None else ""
     return f"[yellow]unknown[/]{best}"
 

@@ -11,6 +11,7 @@ class Tally:
     images: int = 0
     faces: int = 0
     matches: int = 0
+    reviews: int = 0
     unknowns: int = 0
     rejected: int = 0
     errors: int = 0
@@ -31,6 +32,8 @@ class Tally:
             self.faces += 1
             if face["decision"] == "match":
                 self.matches += 1
+            elif face["decision"] == "review":
+                self.reviews += 1
             elif face["decision"] == "rejected":
                 self.rejected += 1
             else:
@@ -40,5 +43,14 @@ class Tally:
     def summary(self) -> dict[str, int]:
         return {
             k: getattr(self, k)
-            for k in ("images", "faces", "matches", "unknowns", "rejected", "errors", "duplicates")
+            for k in (
+                "images",
+                "faces",
+                "matches",
+                "reviews",
+                "unknowns",
+                "rejected",
+                "errors",
+                "duplicates",
+            )
         }

@@ -88,7 +88,7 @@ def _create_known_series() -> None:
     rate() and increase() (a labelled series otherwise appears at its first increment)."""
     from core.imaging import Reason
 
-    for decision in ("match", "unknown", "rejected"):
+    for decision in ("match", "review", "unknown", "rejected"):
         FACES.labels(decision=decision)
     for name, reason in vars(Reason).items():
         if name.isupper():

@@ -40,7 +40,7 @@ class ImageProcessor:
     def __init__(self, settings: Settings, compute: Compute) -> None:
         self.settings = settings
         self.compute = compute
-        self.decision = Decision(compute.model_id, settings.matching.threshold)
+        self.decision = Decision.configured(compute.model_id, settings.matching)
 
     async def process(self, messages: list[ImageMessage]) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}

@@ -19,7 +19,7 @@ from tests.conftest import BASIS, Pipeline, unique
 
 pytestmark = pytest.mark.integration
 AUDIT_SCHEMA = json.loads(
-    (Path(__file__).parents[2] / "core/schemas/audit-event.v1.json").read_text()
+    (Path(__file__).parents[2] / "core/schemas/audit-event.v1.1.json").read_text()
 )
 
 

@@ -30,7 +30,7 @@ def image(samples: Path, name: str) -> ImageToSend:
 
 
 def validate(kind: str, event: dict) -> None:
-    name = "match-event.v1.json" if kind == "match" else "dlq-event.v1.json"
+    name = "match-event.v1.1.json" if kind == "match" else "dlq-event.v1.json"
     jsonschema.validate(event, json.loads((SCHEMAS / name).read_text()))
 
 

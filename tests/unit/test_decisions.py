@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.decisions import SearchPlan, face_record
+from core.decisions import Decision, SearchPlan, face_record
 from core.faces import Candidate, DetectedFace, ImageFaces
 from core.quality import FaceQuality, assess, measure
 from core.settings import QualityGates
@@ -61,7 +61,13 @@ def test_plan_searches_only_accepted_faces_and_spreads_results_back() -> None:
 
 
 def test_rejected_face_record_is_never_a_match() -> None:
-    record = face_record(face(GOOD), [Candidate("x", 0.99)], 0.4, ["blurry"])
+    record = face_record(face(GOOD), [Candidate("x", 0.99)], Decision("m", 0.4, 0.3), ["blurry"])
     assert record["decision"] == "rejected" and record["reasons"] == ["blurry"]
     assert record["identity"] is None and record["candidates"] == []
-    assert record["quality"] == {"size": 100, "sharpness": 300, "yaw": 0.1, "pitch": 0.0, "roll": 0.0}
+    assert record["quality"] == {
+        "size": 100,
+        "sharpness": 300,
+        "yaw": 0.1,
+        "pitch": 0.0,
+        "roll": 0.0,
+    }

@@ -27,9 +27,9 @@ from streams.records import ImageMessage
 DIM = 4
 SETTINGS = Settings().override(retry__backoff_s=0.0)
 SCHEMAS = Path(core.events.__file__).parent / "schemas"
-MATCH = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "match-event.v1.json").read_text()))
+MATCH = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "match-event.v1.1.json").read_text()))
 DLQ = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "dlq-event.v1.json").read_text()))
-AUDIT = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "audit-event.v1.json").read_text()))
+AUDIT = jsonschema.Draft202012Validator(json.loads((SCHEMAS / "audit-event.v1.1.json").read_text()))
 
 
 class Method:
@@ -125,7 +125,7 @@ def process(proc: ImageProcessor, *messages: ImageMessage) -> list[Any]:
 
 def test_batched_candidates_go_back_to_their_images_and_faces() -> None:
     gallery = FakeGallery()
-    model = by_blob({b"a": faces(7, 3), b"b": faces(), b"c": faces(5)})
+    model = by_blob({b"a": faces(7, 2), b"b": faces(), b"c": faces(5)})
     outcomes = process(
         image_processor(actors(model, gallery=gallery)),
         msg("A", b"a"),
@@ -136,8 +136,8 @@ def test_batched_candidates_go_back_to_their_images_and_faces() -> None:
     assert len(gallery.search.calls) == 1  # one gallery search for all three faces
     assert [o.kind for o in outcomes] == ["match", "match", "match"]
     got = {o.key: [(f["bbox"][0], f["identity"]) for f in o.event["faces"]] for o in outcomes}
-    assert got == {"A": [(7, "person-7"), (3, None)], "B": [], "C": [(5, "person-5")]}
-    assert outcomes[0].event["faces"][1]["similarity"] == 0.3  # below the 0.4 threshold
+    assert got == {"A": [(7, "person-7"), (2, None)], "B": [], "C": [(5, "person-5")]}
+    assert outcomes[0].event["faces"][1]["similarity"] == 0.2  # below both thresholds
 
 
 def test_no_faces_anywhere_skips_the_gallery() -> None:

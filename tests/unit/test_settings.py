@@ -384,8 +384,18 @@ def test_values_at_the_bounds_are_accepted(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: object
 ) -> None:
     monkeypatch.setenv(f"FACESTREAM_{name}", value)
+    if name == "MATCHING__THRESHOLD":  # the review band may not lie above the threshold
+        monkeypatch.setenv("FACESTREAM_MATCHING__REVIEW_THRESHOLD", value)
     group, _, leaf = name.lower().rpartition("__")
     assert getattr(getattr(Settings(), group) if group else Settings(), leaf) == expected
+
+
+def test_a_review_band_above_the_match_threshold_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FACESTREAM_MATCHING__REVIEW_THRESHOLD", "0.5")
+    with pytest.raises(SettingsError, match="FACESTREAM_MATCHING__REVIEW_THRESHOLD"):
+        Settings()
 
 
 def test_override_reports_the_variable_too() -> None:

@@ -9,13 +9,14 @@ def match(image_id: str, *decisions: str) -> dict:
 
 def test_counts_images_faces_matches_unknowns_and_errors() -> None:
     t = Tally()
-    assert t.add("match", match("a", "match", "unknown", "match", "rejected"))
+    assert t.add("match", match("a", "match", "unknown", "match", "rejected", "review"))
     assert t.add("match", match("b"))
     assert t.add("dlq", {"image_id": "c", "reason": "empty"})
     assert t.summary() == {
         "images": 3,
-        "faces": 4,
+        "faces": 5,
         "matches": 2,
+        "reviews": 1,
         "unknowns": 1,
         "rejected": 1,
         "errors": 1,
@@ -32,6 +33,7 @@ def test_a_replayed_image_id_is_a_duplicate_and_not_recounted() -> None:
         "images": 1,
         "faces": 1,
         "matches": 1,
+        "reviews": 0,
         "unknowns": 0,
         "rejected": 0,
         "errors": 0,
