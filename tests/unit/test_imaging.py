@@ -197,3 +197,23 @@ def test_one_header_truncated_image_does_not_fail_its_batch() -> None:
     jpeg = tiny_jpeg()
     results = NoFaces().analyze_bytes([good, jpeg[: len(jpeg) // 2]], LIMITS)
     assert isinstance(results[1], ImageRejected)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_fast_decoder_equals_pillows_path_for_every_orientation(orientation: int, fmt: str) -> None:
+    """OpenCV serves plain photos; its pixels and orientation must be Pillow's exactly."""
+    from PIL import ImageOps
+
+    from core.imaging import _decode_plain
+
+    rng = np.random.default_rng(orientation)
+    stored = Image.fromarray(rng.integers(0, 255, (48, 80, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    kw = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+    data = encode(stored, fmt, exif=exif.tobytes(), **kw)
+    fast = _decode_plain(data, Image.open(io.BytesIO(data)))
+    assert fast is not None  # the fast path really served it
+    slow = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    np.testing.assert_array_equal(fast, slow[:, :, ::-1])
