@@ -92,6 +92,13 @@ class BrokerTuning(Group):
         description="Producer batch size, bytes (Tansu needs one record per batch); none: the"
         " profile's.",
     )
+    fetch_max_wait_ms: Count | None = Field(
+        None,
+        le=30_000,
+        description="Longest a worker's fetch waits for data, ms. Kafka answers a fetch as soon"
+        " as data arrives; Tansu holds it this long, which adds to every image's latency;"
+        " none: the profile's.",
+    )
 
     def resolved(self, profile: Profile) -> BrokerTuning:
         base = PROFILE_TUNING[profile]
@@ -102,12 +109,19 @@ class BrokerTuning(Group):
 
 PROFILE_TUNING: dict[Profile, BrokerTuning] = {
     # Tansu holds JoinGroup ~half the session timeout; its ListOffsets(latest) is wrong when
-    # a batch holds several records, so batches carry one record.
+    # a batch holds several records, so batches carry one record; it holds a fetch for its
+    # whole wait even when data has arrived, so the wait is short.
     "embedded": BrokerTuning(
-        session_timeout_s=4.0, heartbeat_interval_s=0.5, producer_max_batch_size=1
+        session_timeout_s=4.0,
+        heartbeat_interval_s=0.5,
+        producer_max_batch_size=1,
+        fetch_max_wait_ms=20,
     ),
     "production": BrokerTuning(
-        session_timeout_s=60.0, heartbeat_interval_s=3.0, producer_max_batch_size=16384
+        session_timeout_s=60.0,
+        heartbeat_interval_s=3.0,
+        producer_max_batch_size=16384,
+        fetch_max_wait_ms=500,  # aiokafka's default; Kafka returns earlier when data arrives
     ),
 }
 
