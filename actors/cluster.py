@@ -74,7 +74,9 @@ def ensure_actors(settings: Settings) -> Actors:
             num_cpus=settings.ray.model_num_cpus,
             num_gpus=settings.ray.model_num_gpus,
             max_restarts=-1,
-            max_task_retries=2,
+            # No retries by Ray itself: RayCompute retries on another replica, and an image
+            # that kills its replica must not kill it again for each of Ray's retries.
+            max_task_retries=0,
             scheduling_strategy="SPREAD",
         ).remote(shipped)
         for name in model_actor_names(settings)
@@ -86,7 +88,7 @@ def ensure_actors(settings: Settings) -> Actors:
         lifetime="detached",
         num_cpus=0,
         max_restarts=-1,
-        max_task_retries=2,
+        max_task_retries=0,  # RayCompute retries transient failures itself
     ).remote(shipped, info["model_id"], info["embedding_dim"])
     ray.get(gallery.info.remote())  # surfaces a model mismatch or lock error now, not later
     log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])
