@@ -11,15 +11,18 @@ at light load (2 images/s), where ``wait_ms`` is what a lone image waits for com
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from actors.models import load_face_model
-from bench.common import emit_json, log, machine, print_machine, print_table, sample_photos
-from bench.flow import fetch_wait_env, images_for, running_stack, stream
-from bench.pipeline import run_bare, run_round, warm_up
+from bench.common import describe_machine, emit_json, log, print_table, sample_photos
+from bench.flow import (
+    fetch_wait_env,
+    images_for,
+    latency,
+    running_stack,
+    stream,
+)
+from bench.pipeline import round_parser, run_round, warm_model, warm_up
 from core.settings import Settings
 
 LIGHT_RATE = 2.0  # images/s: well under saturation, so batches rarely fill
@@ -35,24 +38,15 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = round_parser(__doc__, "cap the worker's Kafka fetch wait (see bench/worker_patches/)")
     parser.add_argument("--configs", default="1:50,4:50,8:50,16:50,32:100")
-    parser.add_argument("--images", type=int, default=120, help="images per throughput run")
     parser.add_argument("--light-seconds", type=float, default=8.0, help="light-load run")
-    parser.add_argument(
-        "--fetch-wait-ms",
-        type=int,
-        default=None,
-        help="cap the worker's Kafka fetch wait (see bench/worker_patches/)",
-    )
     args = parser.parse_args(argv)
 
     base = Settings()
-    info = machine()
-    print_machine(info)
+    info = describe_machine()
     photos = sample_photos()
-    model = load_face_model(base)
-    run_bare(model, base, photos, len(photos))  # warm-up
+    model = warm_model(base, photos)
     worker_env = fetch_wait_env(args.fetch_wait_ms) if args.fetch_wait_ms is not None else None
 
     rows: list[list[Any]] = []
@@ -66,10 +60,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             measured = run_round(model, running, photos, args.images, tag)
             n = max(8, int(LIGHT_RATE * args.light_seconds))
             log(f"{tag}: {n} images at {LIGHT_RATE:.0f}/s...")
-            light = asyncio.run(
-                stream(running.settings, images_for(photos, n, f"{tag}-light"), LIGHT_RATE)
-            )
-        lat = light.latency()
+            light = stream(running.settings, images_for(photos, n, f"{tag}-light"), LIGHT_RATE)
+        lat = latency(light)
         other_bare, other_pipe = measured.other_load()
         rows.append(
             [size, wait_ms, measured.bare.images_per_s, measured.pipe_rate,

@@ -3,6 +3,7 @@ the sample photos, and CPU accounting per process."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -55,30 +56,33 @@ def machine() -> dict[str, Any]:
 def _commit() -> str:
     """The repository's commit, marked dirty when the working tree differs from it."""
     repo = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(repo), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "log", "-1", "--format=%h %cI"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = git("log", "-1", "--format=%h %cI")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return f"{head}{' + uncommitted changes' if dirty else ''}"
 
 
-def print_machine(info: dict[str, Any]) -> None:
+def describe_machine() -> dict[str, Any]:
+    """``machine()``, printed as a table and returned (for the benchmark's JSON line)."""
+    info = machine()
     print_table(
         "machine",
         ["what", "value"],
         [[k, ", ".join(v) if isinstance(v, list) else v] for k, v in info.items()],
     )
+    return info
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line, described by the first paragraph of its docstring."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0])
 
 
 def fmt(value: Any) -> str:
@@ -154,6 +158,18 @@ def machine_busy_seconds() -> float:
     """CPU seconds spent on anything but idle, summed over every core."""
     t = psutil.cpu_times()
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+class ForeignLoad:
+    """Cores kept busy by other processes (another user's work) from now on: ``cores(ours)``
+    is the machine's busy time since, less ``ours`` CPU seconds, per second of wall time."""
+
+    def __init__(self) -> None:
+        self.at, self.busy = time.monotonic(), machine_busy_seconds()
+
+    def cores(self, ours_s: float) -> float:
+        others = machine_busy_seconds() - self.busy - ours_s
+        return max(0.0, others / (time.monotonic() - self.at))
 
 
 @dataclass

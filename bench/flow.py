@@ -4,27 +4,24 @@ and time every image from its send to its outcome."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import ENROLMENTS, CpuMeter, percentiles
 from core.settings import Settings
-from facestream.embedded import EmbeddedStack, free_port
+from facestream.embedded import EmbeddedStack, private_settings
 from facestream.samples import ensure_samples
-from streams.clients import ImageToSend, outcome_topics, producer, request_enrollment
+from streams.clients import ImageToSend, request_enrollment
 from streams.enrollment import EnrollmentRequest, Photo
-from streams.records import image_headers
+from streams.flow import FlowReport, run_flow
 
 BENCH_PROCESS = "bench process (client; bare models)"
 
@@ -72,17 +69,6 @@ def classify_process(proc: psutil.Process, root_label: str) -> str:
     return "ray: other (agents, idle workers)"
 
 
-def bench_settings(base: Settings, run_dir: Path, **overrides: object) -> Settings:
-    """A private embedded stack: free broker port, own app id, own gallery."""
-    return base.override(
-        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
-        kafka__app_id=f"fsbench-{uuid.uuid4().hex[:8]}",
-        gallery__backend="edge",
-        gallery__path=run_dir / "gallery",
-        **overrides,
-    )
-
-
 BASIS = "benchmark: sample photos of public figures from public packages"
 
 
@@ -102,13 +88,18 @@ def fetch_wait_env(max_wait_ms: int) -> dict[str, str]:
 
 @contextmanager
 def running_stack(
-    base: Settings, worker_env: dict[str, str] | None = None, **overrides: object
+    base: Settings,
+    worker_env: dict[str, str] | None = None,
+    workers: int = 1,
+    shared_ray: bool = False,
+    **overrides: object,
 ) -> Iterator[RunningStack]:
-    """Start a fresh embedded stack, enrol the bench people, stop everything on exit."""
+    """Start a fresh embedded stack (``workers`` Faust workers; with ``shared_ray``, all of
+    them on one Ray head), enrol the bench people, stop everything on exit."""
     run_dir = Path(tempfile.mkdtemp(prefix="fsbench-"))
-    settings = bench_settings(base, run_dir, **overrides)
+    settings = private_settings(base, run_dir, app_prefix="fsbench", **overrides)
     samples = ensure_samples(base.cache_dir)
-    stack = EmbeddedStack(settings, run_dir)
+    stack = EmbeddedStack(settings, run_dir, workers=workers, shared_ray=shared_ray)
     stack.worker_env.update(worker_env or {})
     t0 = time.monotonic()
     try:
@@ -116,14 +107,14 @@ def running_stack(
         started = time.monotonic() - t0
         ready = None
         for identity, photo in ENROLMENTS.items():
-            reply = asyncio.run(
-                request_enrollment(settings, enrolment_request(identity, samples / photo), 300.0)
-            )
+            request = enrolment_request(identity, samples / photo)
+            reply = asyncio.run(request_enrollment(stack.settings, request, 300.0))
             if not reply["ok"]:
                 raise RuntimeError(f"enrolment refused: {reply}")
             ready = ready or time.monotonic() - t0
         enrolled = time.monotonic() - t0
-        yield RunningStack(settings, stack, StartupTimes(started, ready or enrolled, enrolled))
+        times = StartupTimes(started, ready or enrolled, enrolled)
+        yield RunningStack(stack.settings, stack, times)
     except BaseException:
         for worker in stack.workers:
             print(f"--- {worker.log_path} ---\n{worker.log_tail()}")
@@ -131,40 +122,6 @@ def running_stack(
     finally:
         stack.stop()
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-@dataclass
-class StreamResult:
-    """Send and receive times (monotonic seconds) per image id."""
-
-    sent: dict[str, float] = field(default_factory=dict)
-    received: dict[str, float] = field(default_factory=dict)
-    kinds: dict[str, str] = field(default_factory=dict)
-    faces: int = 0
-    duplicates: int = 0
-
-    @property
-    def missing(self) -> int:
-        return len(self.sent.keys() - self.received.keys())
-
-    def latencies_ms(self) -> list[float]:
-        return [(self.received[i] - self.sent[i]) * 1000 for i in self.received if i in self.sent]
-
-    def latency(self) -> dict[str, float]:
-        return percentiles(self.latencies_ms())
-
-    def wall_rate(self) -> float:
-        """Images per second from the first send to the last outcome."""
-        span = max(self.received.values()) - min(self.sent.values())
-        return len(self.received) / span
-
-    def steady_rate(self, skip: float = 0.1) -> float:
-        """Images per second after the outcome at the ``skip`` quantile: the sustained rate,
-        without the pipeline's fill-up at the start. Outcomes arrive a batch at a time, so
-        only those received strictly after that moment count."""
-        times = sorted(self.received.values())
-        start = times[int(len(times) * skip)]
-        return sum(1 for t in times if t > start) / (times[-1] - start)
 
 
 def images_for(photos: Sequence[tuple[str, bytes]], count: int, prefix: str) -> list[ImageToSend]:
@@ -175,76 +132,17 @@ def images_for(photos: Sequence[tuple[str, bytes]], count: int, prefix: str) -> 
     ]
 
 
-async def _outcome_consumer(settings: Settings) -> AIOKafkaConsumer:
-    """Every partition of matches and the DLQ, from their current end. A short fetch wait, so
-    that the consumer's own polling adds little to the measured latency."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_list,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=20,
-        max_partition_fetch_bytes=settings.kafka.max_message_bytes,
-        fetch_max_bytes=settings.kafka.max_message_bytes,
-    )
-    await consumer.start()
-    parts: list[TopicPartition] = []
-    for topic in outcome_topics(settings):
-        await consumer.topics()
-        parts += [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-    consumer.assign(parts)
-    await consumer.seek_to_end(*parts)
-    for tp in parts:
-        await consumer.position(tp)
-    return consumer
-
-
-async def stream(
-    settings: Settings,
-    images: Sequence[ImageToSend],
-    rate_per_s: float | None = None,
-    timeout_s: float = 600.0,
-) -> StreamResult:
+def stream(
+    settings: Settings, images: Sequence[ImageToSend], rate_per_s: float | None = None
+) -> FlowReport:
     """Produce ``images`` (as fast as possible, or paced on a fixed schedule of ``rate_per_s``)
-    and read outcomes until every image has one."""
-    result = StreamResult()
-    wanted = {img.image_id for img in images}
-    consumer = await _outcome_consumer(settings)
-    try:
+    and read outcomes until every image has one. A short fetch wait, so that the consumer's
+    own polling adds little to the measured latency."""
+    return asyncio.run(
+        run_flow(settings, images, timeout_s=600.0, rate_per_s=rate_per_s, fetch_max_wait_ms=20)
+    )
 
-        async def produce() -> None:
-            async with producer(settings) as p:
-                start = time.monotonic()
-                deliveries = []
-                for i, img in enumerate(images):
-                    if rate_per_s:
-                        await asyncio.sleep(max(0.0, start + i / rate_per_s - time.monotonic()))
-                    result.sent[img.image_id] = time.monotonic()
-                    headers = image_headers(img.image_id, img.source)
-                    deliveries.append(
-                        await p.send(settings.topics.images, img.data, headers=headers)
-                    )
-                await asyncio.gather(*deliveries)
 
-        producing = asyncio.create_task(produce())
-        deadline = time.monotonic() + timeout_s
-        while len(result.received) < len(wanted) and time.monotonic() < deadline:
-            if producing.done():
-                producing.result()  # raises what the producer raised, if anything
-            batch = await consumer.getmany(timeout_ms=100)
-            now = time.monotonic()
-            for tp, records in batch.items():
-                for rec in records:
-                    event = json.loads(rec.value)
-                    image_id = event["image_id"]
-                    if image_id not in wanted:
-                        continue
-                    if image_id in result.received:
-                        result.duplicates += 1
-                        continue
-                    result.received[image_id] = now
-                    is_match = tp.topic == settings.topics.matches
-                    result.kinds[image_id] = "match" if is_match else "dlq"
-                    result.faces += len(event.get("faces", []))
-        await producing
-    finally:
-        await consumer.stop()
-    return result
+def latency(report: FlowReport) -> dict[str, float]:
+    """Percentiles of send -> outcome, in milliseconds."""
+    return percentiles(report.latencies_ms())

@@ -21,7 +21,6 @@ Target: p99 < 5 ms at recall@1 >= 0.99 on 100k points.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -37,7 +36,7 @@ import qdrant_edge as qe
 
 from actors.gallery.base import point_id
 from actors.gallery.edge import EdgeGallery
-from bench.common import CpuMeter, emit_json, log, machine, print_machine, print_table
+from bench.common import CpuMeter, bench_parser, describe_machine, emit_json, log, print_table
 from core.settings import Settings
 
 DIM = 512
@@ -289,7 +288,7 @@ def search_fn(gallery: EdgeGallery, top_k: int = 3) -> Callable:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--identities", type=int, default=20_000)
     parser.add_argument("--queries", type=int, default=1000)
@@ -300,8 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     efs = [int(e) for e in args.efs.split(",")]
 
-    info = machine()
-    print_machine(info)
+    info = describe_machine()
     log(f"data: {args.points} points, {args.identities} identities, {args.queries} queries")
     data = make_data(args.points, args.identities, args.queries, args.seed)
     t = time.perf_counter()

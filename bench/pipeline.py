@@ -20,7 +20,6 @@ replica):
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from collections.abc import Sequence
@@ -30,25 +29,27 @@ from typing import Any
 from actors.models import FaceModel, ImageFaces, load_face_model
 from bench.common import (
     CpuMeter,
+    bench_parser,
+    describe_machine,
     emit_json,
     log,
     machine,
-    print_machine,
     print_table,
     sample_photos,
 )
 from bench.flow import (
     BENCH_PROCESS,
     RunningStack,
-    StreamResult,
     fetch_wait_env,
     images_for,
+    latency,
     running_stack,
     stream,
 )
 from core.imaging import decode_image
 from core.quality import measure
 from core.settings import Settings
+from streams.flow import FlowReport
 
 RATIO_TARGET = 0.90
 LOAD_FRACTIONS = (0.5, 0.8)
@@ -88,6 +89,13 @@ def run_bare(model: FaceModel, settings: Settings, photos: Photos, count: int) -
             if isinstance(result, ImageFaces):
                 faces += len(result.faces)
     return BareResult(count, faces, time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def warm_model(settings: Settings, photos: Photos) -> FaceModel:
+    """The models in this process, run once over ``photos`` (sessions, memory arenas)."""
+    model = load_face_model(settings)
+    run_bare(model, settings, photos, len(photos))
+    return model
 
 
 def stage_breakdown(
@@ -130,7 +138,7 @@ def stage_breakdown(
 class Round:
     bare: BareResult
     bare_cpu: dict[str, float]
-    pipe: StreamResult
+    pipe: FlowReport
     pipe_cpu: dict[str, float]
     pipe_wall_s: float
 
@@ -173,26 +181,26 @@ def run_round(
     bare_cpu = CpuMeter.delta(before, meter.snapshot())
     log(f"{tag}: pipeline, {count} images as fast as they go...")
     before = meter.snapshot()
-    pipe = asyncio.run(stream(running.settings, images_for(photos, count, tag)))
+    pipe = stream(running.settings, images_for(photos, count, tag))
     after = meter.snapshot()
     return Round(bare, bare_cpu, pipe, CpuMeter.delta(before, after), after.at - before.at)
 
 
 def run_latency(
     running: RunningStack, photos: Photos, rates: Sequence[float], seconds: float, tag: str
-) -> list[StreamResult]:
+) -> list[FlowReport]:
     out = []
     for rate in rates:
         n = max(20, int(rate * seconds))
         log(f"{tag}: {n} images paced at {rate:.1f}/s...")
         images = images_for(photos, n, f"{tag}-{rate:.1f}")
-        out.append(asyncio.run(stream(running.settings, images, rate_per_s=rate)))
+        out.append(stream(running.settings, images, rate_per_s=rate))
     return out
 
 
 def warm_up(running: RunningStack, photos: Photos) -> None:
     images = images_for(photos, 3 * running.settings.batch.size, "warmup")
-    asyncio.run(stream(running.settings, images))
+    stream(running.settings, images)
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -255,13 +263,13 @@ def print_cpu(rounds: list[Round]) -> None:
     )
 
 
-def latency_rows(label: str, rates: Sequence[float], results: list[StreamResult]) -> list[list]:
+def latency_rows(label: str, rates: Sequence[float], results: list[FlowReport]) -> list[list]:
     rows = []
     for fraction, rate, res in zip(LOAD_FRACTIONS, rates, results, strict=True):
-        p = res.latency()
+        p = latency(res)
         rows.append(
             [label, f"{fraction:.0%}", rate, res.wall_rate(), len(res.received), p["p50"],
-             p["p95"], p["p99"], p["max"], res.missing]
+             p["p95"], p["p99"], p["max"], len(res.missing())]
         )  # fmt: skip
     return rows
 
@@ -275,9 +283,9 @@ def print_latency(rows: list[list]) -> None:
     )  # fmt: skip
 
 
-def latency_json(rates: Sequence[float], results: list[StreamResult]) -> dict[str, Any]:
+def latency_json(rates: Sequence[float], results: list[FlowReport]) -> dict[str, Any]:
     return {
-        f"{fraction:.0%}": {"offered_per_s": rate, **res.latency()}
+        f"{fraction:.0%}": {"offered_per_s": rate, **latency(res)}
         for fraction, rate, res in zip(LOAD_FRACTIONS, rates, results, strict=True)
     }
 
@@ -285,27 +293,29 @@ def latency_json(rates: Sequence[float], results: list[StreamResult]) -> dict[st
 # -- main -------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def round_parser(doc: str, fetch_wait_help: str) -> argparse.ArgumentParser:
+    """The command line of a benchmark made of ``run_round``s: images per run, and the
+    worker's Kafka fetch wait (see bench/worker_patches/)."""
+    parser = bench_parser(doc)
     parser.add_argument("--images", type=int, default=120, help="images per throughput run")
+    parser.add_argument("--fetch-wait-ms", type=int, default=None, help=fetch_wait_help)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = round_parser(
+        __doc__, "also run a second stack whose worker caps its Kafka fetch wait at this"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="bare/pipeline alternations")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="per paced run")
-    parser.add_argument(
-        "--fetch-wait-ms",
-        type=int,
-        default=None,
-        help="also run a second stack whose worker caps its Kafka fetch wait at this",
-    )
     args = parser.parse_args(argv)
 
     settings = Settings()
-    info = machine()
-    print_machine(info)
+    info = describe_machine()
     photos = sample_photos()
     threads, batch = settings.model.intra_op_threads, settings.batch.size
     log(f"bare models: loading (intra_op_threads={threads}); batches of {batch}")
-    model = load_face_model(settings)
-    run_bare(model, settings, photos, len(photos))  # warm-up: sessions, memory arenas
+    model = warm_model(settings, photos)
     stages = stage_breakdown(model, settings, photos)
 
     log("pipeline: starting the embedded stack...")
@@ -319,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         sustained = statistics.median(r.pipe_rate for r in rounds)
         rates = [f * sustained for f in LOAD_FRACTIONS]
         latency = run_latency(running, photos, rates, args.latency_seconds, "paced")
-    capped: tuple[Round, list[StreamResult]] | None = None
+    capped: tuple[Round, list[FlowReport]] | None = None
     if args.fetch_wait_ms is not None:
         log(f"second stack: worker fetch wait capped at {args.fetch_wait_ms} ms...")
         with running_stack(settings, worker_env=fetch_wait_env(args.fetch_wait_ms)) as running:

@@ -14,43 +14,27 @@ for the same cores.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
-import shutil
-import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
-from actors.models import FaceModel, load_face_model
+from actors.models import FaceModel
 from bench.common import (
-    ENROLMENTS,
     CpuMeter,
+    bench_parser,
+    describe_machine,
     emit_json,
     log,
-    machine,
-    print_machine,
     print_table,
     sample_photos,
 )
-from bench.flow import (
-    BENCH_PROCESS,
-    bench_settings,
-    classify_process,
-    enrolment_request,
-    images_for,
-    stream,
-)
-from bench.pipeline import run_bare
+from bench.flow import BENCH_PROCESS, classify_process, images_for, running_stack, stream
+from bench.pipeline import run_bare, warm_model
 from core.settings import Settings
+from core.waiting import wait_until
 from facestream.embedded import EmbeddedStack
-from facestream.samples import ensure_samples
-from streams.clients import request_enrollment
 
 BROKER = "broker (Tansu)"
 OTHER = "other processes"
@@ -93,35 +77,15 @@ def classify(proc: psutil.Process, root_label: str) -> str:
 
 def wait_until_ready(stack: EmbeddedStack, timeout_s: float = 120.0) -> None:
     """Every worker has joined the group (so a 2-worker case measures two workers)."""
-    deadline = time.monotonic() + timeout_s
-    while not all("[^Worker]: Ready" in w.log_path.read_text() for w in stack.workers):
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                "workers not ready:\n" + "\n".join(w.log_tail() for w in stack.workers)
-            )
-        time.sleep(0.5)
-
-
-@contextmanager
-def scaled_stack(base: Settings, workers: int, replicas: int) -> Iterator[EmbeddedStack]:
-    """A fresh embedded stack: ``workers`` Faust workers sharing one Ray head that holds
-    ``replicas`` model actors; the bench people enrolled."""
-    run_dir = Path(tempfile.mkdtemp(prefix="fsscale-"))
-    settings = bench_settings(base, run_dir, ray__model_replicas=replicas)
-    stack = EmbeddedStack(settings, run_dir, workers=workers, shared_ray=True)
-    samples = ensure_samples(base.cache_dir)
     try:
-        stack.start()
-        for identity, photo in ENROLMENTS.items():
-            request = enrolment_request(identity, samples / photo)
-            reply = asyncio.run(request_enrollment(stack.settings, request, 300.0))
-            if not reply["ok"]:
-                raise RuntimeError(f"enrolment refused: {reply}")
-        wait_until_ready(stack)
-        yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        wait_until(
+            lambda: all("[^Worker]: Ready" in w.log_path.read_text() for w in stack.workers),
+            timeout_s=timeout_s,
+            what="workers ready",
+            interval_s=0.5,
+        )
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}:\n" + "\n".join(w.log_tail() for w in stack.workers)) from exc
 
 
 def run_case(
@@ -133,23 +97,24 @@ def run_case(
     count: int,
 ) -> Case:
     log(f"{workers} worker(s), {replicas} model replica(s): starting a stack...")
-    with scaled_stack(base, workers, replicas) as stack:
-        settings = stack.settings
+    # ``workers`` Faust workers sharing one Ray head that holds ``replicas`` model actors.
+    scaled = running_stack(base, workers=workers, shared_ray=True, ray__model_replicas=replicas)
+    with scaled as running:
+        stack, settings = running.stack, running.settings
+        wait_until_ready(stack)
         # Warm-up: every replica loads its sessions and every worker gets batches.
         warm = images_for(photos, 4 * settings.batch.size * max(workers, replicas), "warm")
-        asyncio.run(stream(settings, warm))
+        stream(settings, warm)
         assert stack.ray_head is not None and stack.broker is not None
         trees = {f"worker {i}": w.pid for i, w in enumerate(stack.workers)}
         trees |= {"ray head": stack.ray_head.pid, BROKER: stack.broker.pid}
         meter = CpuMeter(trees, {BENCH_PROCESS: os.getpid()}, classify)
         bare = run_bare(model, settings, photos, count)
         before = meter.snapshot()
-        result = asyncio.run(
-            stream(settings, images_for(photos, count, f"scale{workers}{replicas}"))
-        )
+        result = stream(settings, images_for(photos, count, f"scale{workers}{replicas}"))
         after = meter.snapshot()
-    if result.missing:
-        raise RuntimeError(f"{result.missing} images without an outcome")
+    if missing := result.missing():
+        raise RuntimeError(f"{len(missing)} images without an outcome")
     wall = after.at - before.at
     cpu = CpuMeter.delta(before, after)
     cpu[IDLE] = max(0.0, wall * (psutil.cpu_count() or 1) - sum(cpu.values()))
@@ -207,18 +172,17 @@ def print_cpu(cases: list[Case]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--images", type=int, default=120, help="images per measured run")
     parser.add_argument("--cases", default="1x1,1x2,2x1,2x2", help="WORKERSxREPLICAS, ...")
     args = parser.parse_args(argv)
 
     base = Settings()
-    print_machine(machine())
+    describe_machine()
     photos = sample_photos()
     threads = base.model.intra_op_threads
     log(f"bare models: loading in this process ({threads} intra-op thread(s))...")
-    model = load_face_model(base)
-    run_bare(model, base, photos, len(photos))  # warm-up: sessions, memory arenas
+    model = warm_model(base, photos)
 
     cases = [run_case(base, model, photos, w, r, args.images) for w, r in parse_cases(args.cases)]
     print_throughput(cases)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import statistics
 import subprocess
@@ -23,11 +22,11 @@ from typing import Any
 import psutil
 
 from bench.common import (
+    ForeignLoad,
+    bench_parser,
+    describe_machine,
     emit_json,
     log,
-    machine,
-    machine_busy_seconds,
-    print_machine,
     print_table,
 )
 from bench.flow import running_stack
@@ -62,23 +61,22 @@ def _own_cpu_s() -> float:
 
 
 def stack_startup(settings: Settings) -> dict[str, Any]:
-    started_at, t0 = time.time(), time.monotonic()
-    busy0, own0 = machine_busy_seconds(), _own_cpu_s()
+    started_at, load, own0 = time.time(), ForeignLoad(), _own_cpu_s()
     with running_stack(settings) as running:
         log_text = running.stack.workers[0].log_path.read_text(errors="replace")
         times = running.startup
-        # The stack's processes started after t0, so all their CPU time counts; of this
-        # process (also in the snapshot), only what it spent since t0.
+        # The stack's processes started after ``load``, so all their CPU time counts; of this
+        # process (also in the snapshot), only what it spent since.
         snapshot = running.cpu_meter().snapshot()
         ours = sum(cpu for _, cpu in snapshot.per_pid.values()) - own0
-        foreign = (machine_busy_seconds() - busy0 - ours) / (time.monotonic() - t0)
+        foreign = load.cores(ours)
         stopping = time.monotonic()
     return {
         "broker up + topics created": times.stack_started_s,
         **milestones(log_text, started_at),
         "first enrolment acknowledged (ready)": times.ready_s,
         "stop (SIGTERM worker, Ray, broker)": time.monotonic() - stopping,
-        "foreign load during the start (cores)": max(0.0, foreign),
+        "foreign load during the start (cores)": foreign,
     }
 
 
@@ -102,13 +100,12 @@ def run_demo() -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--runs", type=int, default=2, help="stack starts")
     parser.add_argument("--demo-runs", type=int, default=1)
     args = parser.parse_args(argv)
 
-    info = machine()
-    print_machine(info)
+    info = describe_machine()
     settings = Settings()
     starts = []
     for i in range(args.runs):

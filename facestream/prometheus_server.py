@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -116,19 +115,18 @@ class PrometheusServer(ChildProcess):
         ]
         super().__init__(cmd, directory / "prometheus.log")
 
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
+                return reply.status == 200
+        except OSError:
+            return False  # not listening yet, or 503 while it replays its write-ahead log
+
     def wait_ready(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.alive():
-                raise PrometheusError(f"prometheus exited:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass  # not listening yet, or 503 while it replays its write-ahead log
-            time.sleep(0.2)
-        raise PrometheusError(f"prometheus not ready after {timeout_s}s:\n{self.log_tail()}")
+        try:
+            self.wait_for(self.ready, "ready", timeout_s, interval_s=0.2)
+        except (RuntimeError, TimeoutError) as exc:  # it exited, or it is not ready in time
+            raise PrometheusError(str(exc)) from exc
 
 
 def start_prometheus(

@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from core.settings import Settings
+from core.waiting import Deadline, wait_until_async
 from streams.enrollment import EnrollmentRequest
 from streams.records import image_headers
 from streams.security import aiokafka_kwargs
@@ -46,13 +47,21 @@ async def producer(settings: Settings) -> AsyncIterator[AIOKafkaProducer]:
 
 @asynccontextmanager
 async def tail(
-    settings: Settings, topics: list[str], from_beginning: bool = False
+    settings: Settings,
+    topics: list[str],
+    from_beginning: bool = False,
+    fetch_max_wait_ms: int = 500,
 ) -> AsyncIterator[AIOKafkaConsumer]:
-    """A group-less consumer over every partition of ``topics``, at the end (or the start)."""
+    """A group-less consumer over every partition of ``topics``, at the end (or the start).
+
+    ``fetch_max_wait_ms`` (aiokafka's default: 500) is how long the broker may hold a fetch
+    while it has nothing new: a short one reads each record sooner (latency measurements).
+    """
     c = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_list,
         **aiokafka_kwargs(settings.kafka.security),
         enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
         max_partition_fetch_bytes=settings.kafka.max_message_bytes,
         fetch_max_bytes=settings.kafka.max_message_bytes,
     )
@@ -72,13 +81,16 @@ async def tail(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(300):  # 30 s: a broker on S3 storage can be slow to answer at first
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
+    async def known() -> set[int] | None:
+        if parts := consumer.partitions_for_topic(topic):
             return parts
         await consumer.topics()  # refreshes the cluster metadata
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"topic {topic!r} not found")
+        return None
+
+    try:  # 30 s: a broker on S3 storage can be slow to answer at first
+        return await wait_until_async(known, timeout_s=30.0, what=f"topic {topic!r}")
+    except TimeoutError as exc:
+        raise RuntimeError(f"topic {topic!r} not found") from exc
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,11 @@ class ImageToSend:
     source: str | None = None
     captured_at: str | None = None
     content_type: str | None = None
+
+    def kafka_record(self) -> tuple[bytes, bytes | None, list[tuple[str, bytes]]]:
+        """(value, key, headers) of this image on the images topic: keyed by its source."""
+        headers = image_headers(self.image_id, self.source, self.captured_at, self.content_type)
+        return self.data, self.source.encode() if self.source else None, headers
 
 
 async def produce_images(
@@ -99,9 +116,8 @@ async def produce_images(
     async with producer(settings) as p:
         pending = []
         for img in images:
-            headers = image_headers(img.image_id, img.source, img.captured_at, img.content_type)
-            key = img.source.encode() if img.source else None
-            pending.append(await p.send(settings.topics.images, img.data, key=key, headers=headers))
+            value, key, headers = img.kafka_record()
+            pending.append(await p.send(settings.topics.images, value, key=key, headers=headers))
             sent += 1
             if on_sent:
                 on_sent(img)
@@ -118,9 +134,9 @@ async def request_enrollment(
             await p.send_and_wait(
                 settings.topics.enrollments, request.encode(), key=request.identity.encode()
             )
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            batch = await acks.getmany(timeout_ms=int(min(left, 1.0) * 1000))
+        deadline = Deadline(timeout_s)
+        while not deadline.expired:
+            batch = await acks.getmany(timeout_ms=int(min(deadline.remaining_s, 1.0) * 1000))
             for records in batch.values():
                 for rec in records:
                     reply = json.loads(rec.value)
@@ -145,12 +161,16 @@ async def read_outcomes(
         for tp, records in batch.items():
             for rec in records:
                 last = time.monotonic()
-                kind = "match" if tp.topic == settings.topics.matches else "dlq"
-                yield kind, json.loads(rec.value)
+                yield outcome_kind(settings, tp.topic), json.loads(rec.value)
 
 
 def outcome_topics(settings: Settings) -> list[str]:
     return [settings.topics.matches, settings.topics.dlq]
+
+
+def outcome_kind(settings: Settings, topic: str) -> str:
+    """ "match" for a record of the matches topic, "dlq" for one of the DLQ."""
+    return "match" if topic == settings.topics.matches else "dlq"
 
 
 async def read_to_end(
@@ -159,9 +179,9 @@ async def read_to_end(
     """Every record of ``topic`` from the beginning to its current end, then stop."""
     async with tail(settings, [topic], from_beginning=True) as c:
         end = await c.end_offsets(list(c.assignment()))
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         while [tp for tp, offset in end.items() if await c.position(tp) < offset]:
-            if time.monotonic() > deadline:
+            if deadline.expired:
                 raise TimeoutError(f"could not read {topic} to its end in {timeout_s:.0f}s")
             for records in (await c.getmany(timeout_ms=500)).values():
                 for rec in records:

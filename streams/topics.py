@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from core.settings import Settings
+from core.waiting import Deadline
 from streams.security import aiokafka_kwargs
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ async def ensure_topics(settings: Settings, timeout_s: float = 60.0) -> None:
     )
     await admin.start()
     try:
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         while missing := _missing(topic_specs(settings), set(await admin.list_topics())):
-            if time.monotonic() > deadline:
+            if deadline.expired:
                 raise TimeoutError(f"topics still missing after {timeout_s:.0f}s: {missing}")
             configs = topic_configs(settings)
             new = [

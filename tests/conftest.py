@@ -5,20 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.settings import Settings
-from facestream.embedded import EmbeddedStack, free_port
+from facestream.embedded import EmbeddedStack, private_settings, unique_id
 from streams.clients import ImageToSend, request_enrollment
 from streams.enrollment import EnrollmentRequest, Photo
-from tests.flow import RawRecord, run_flow
+from streams.flow import RawRecord, run_flow
 
 DEFAULT_CACHE = Settings().cache_dir
 BASIS = "test: sample photos of public figures from public packages"
+unique = unique_id  # test ids and app ids: a prefix and a random suffix
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +37,7 @@ def face_model():
 
 def embedded_settings(run_dir: Path, **overrides: object) -> Settings:
     """Settings for a private embedded stack: free broker port, own app id and gallery."""
-    return Settings().override(
-        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
-        kafka__app_id=unique("facestream-test"),
-        gallery__backend="edge",
-        gallery__path=run_dir / "gallery",
-        **overrides,
-    )
+    return private_settings(Settings(), run_dir, app_prefix="facestream-test", **overrides)
 
 
 class Pipeline:
@@ -72,10 +66,6 @@ class Pipeline:
         reply = self.enroll(EnrollmentRequest("enroll", identity, None, photos, basis=BASIS))
         assert reply["ok"], reply
         return reply
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,8 @@ _POINT_NAMESPACE = uuid.UUID("6f1d3a52-8a4e-4f3c-9a55-1c2b7f0e9d11")
 # Search this many points per wanted identity, so that a person with several photos does not
 # crowd the others out of the top-k.
 _OVERSAMPLE = 4
+# Payloads read per request when listing the whole gallery.
+_SCROLL_PAGE = 1024
 
 
 class GalleryError(RuntimeError):
@@ -130,6 +132,16 @@ class Gallery(ABC):
             key=lambda p: (p.get("enrolled_at") or "", p.get("photo") or ""),
         )
 
+    def _payloads(self) -> list[dict[str, Any]]:
+        """Every point's payload, a page at a time."""
+        out: list[dict[str, Any]] = []
+        offset = None
+        while True:
+            page, offset = self._scroll(offset, _SCROLL_PAGE)
+            out.extend(page)
+            if offset is None:
+                return out
+
     def _check_dim(self, embeddings: np.ndarray) -> None:
         if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
             raise GalleryError(f"expected (n, {self.dim}) embeddings, got {embeddings.shape}")
@@ -143,7 +155,9 @@ class Gallery(ABC):
     def _query(self, vector: list[float], limit: int) -> list[Hit]: ...
 
     @abstractmethod
-    def _payloads(self) -> list[dict[str, Any]]: ...
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[dict[str, Any]], Any]:
+        """Up to ``limit`` payloads from ``offset`` (None: the first page), and the offset of
+        the next page (None after the last)."""
 
     def delete(self, identity: str) -> int:
         """Remove every point of ``identity``; returns how many were removed."""

@@ -14,7 +14,6 @@ import qdrant_edge as qe
 
 from actors.gallery.base import Gallery, GalleryError, Hit
 
-_SCROLL_PAGE = 1024
 # Written beside the shard by the process that owns it: where CLI processes can reach it.
 OWNER_FILE = "owner.json"
 
@@ -75,16 +74,10 @@ class EdgeGallery(Gallery):
     def _before(self, field: str, value: float) -> qe.Filter:
         return qe.Filter(must=[qe.FieldCondition(key=field, range=qe.RangeFloat(lt=value))])
 
-    def _payloads(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        offset = None
-        while True:
-            records, offset = self.shard.scroll(
-                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=True)
-            )
-            out.extend(dict(r.payload or {}) for r in records)
-            if offset is None:
-                return out
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[dict[str, Any]], Any]:
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_payload=True)
+        records, next_offset = self.shard.scroll(request)
+        return [dict(r.payload or {}) for r in records], next_offset
 
     def _delete_where(self, flt: qe.Filter) -> int:
         removed = self.shard.count(qe.CountRequest(filter=flt, exact=True))

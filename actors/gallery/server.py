@@ -15,8 +15,6 @@ from qdrant_client import models as qm
 
 from actors.gallery.base import Gallery, Hit
 
-_SCROLL_PAGE = 1024
-
 
 def make_client(url: str, api_key: SecretStr | str | None = None) -> QdrantClient:
     """A client for ``url``; the API key (settings hold it as a SecretStr) is revealed here
@@ -79,16 +77,11 @@ class ServerGallery(Gallery):
     def _before(self, field: str, value: float) -> qm.Filter:
         return qm.Filter(must=[qm.FieldCondition(key=field, range=qm.Range(lt=value))])
 
-    def _payloads(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        offset = None
-        while True:
-            records, offset = self.client.scroll(
-                self.collection, limit=_SCROLL_PAGE, offset=offset, with_payload=True
-            )
-            out.extend(dict(r.payload or {}) for r in records)
-            if offset is None:
-                return out
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[dict[str, Any]], Any]:
+        records, next_offset = self.client.scroll(
+            self.collection, limit=limit, offset=offset, with_payload=True
+        )
+        return [dict(r.payload or {}) for r in records], next_offset
 
     def _delete_where(self, flt: qm.Filter) -> int:
         removed = self.client.count(self.collection, count_filter=flt, exact=True).count

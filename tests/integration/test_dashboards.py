@@ -17,6 +17,7 @@ and renders the overview dashboard there (the picture in the README).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,6 +37,7 @@ from PIL import Image
 
 from actors.cluster import model_actor_names
 from core.settings import Settings
+from core.waiting import wait_until
 from devtools import render_dashboard as rd
 from facestream.embedded import EmbeddedStack, free_port
 from facestream.prometheus_api import loaded_rules, query, wait_for_targets
@@ -265,9 +267,13 @@ def run(samples: Path) -> Iterator[Run]:
                 time.sleep(2)  # rate() wants samples spread over its window
             # Ray's agent exports actor metrics ~10 s after they are recorded; the lag gauge
             # and the gallery size are set every 5 s.
-            deadline = time.monotonic() + 45
-            while empty_panels(prometheus.url) and time.monotonic() < deadline:
-                time.sleep(2)
+            with contextlib.suppress(TimeoutError):  # the test names the empty panels
+                wait_until(
+                    lambda: not empty_panels(prometheus.url),
+                    timeout_s=45,
+                    what="every panel has data",
+                    interval_s=2,
+                )
             yield Run(prometheus.url, started)
         finally:
             prometheus.stop()
@@ -279,33 +285,24 @@ def test_every_panel_of_every_dashboard_shows_data(run: Run) -> None:
     assert not missing, "panels without data:\n" + "\n".join(missing)
 
 
-def test_the_panels_show_what_was_sent(run: Run) -> None:
-    def labels(expr: str, label: str) -> set[str]:
-        """Label values with a non-zero value (known values are exported at 0 from the start)."""
-        return {s["metric"][label] for s in query(run.url, rd.expand(f"({expr}) > 0"))}
+# metric -> (label, the values the run must have given it)
+SENT = {
+    "facestream_faces_total": ("decision", {"match", "unknown", "rejected"}),
+    "facestream_dlq_events_total": ("reason", {"empty", "not_an_image", "truncated"}),
+    "facestream_images_total": ("source", {"cam-entrance", "cam-lobby", "upload"}),
+    "ray_facestream_actor_stage_seconds_count": (
+        "stage",
+        {"decode", "detect", "embed", "gallery_search"},
+    ),
+    "facestream_retries_total": ("call", {"model"}),
+}
 
-    assert labels("sum by (decision) (facestream_faces_total)", "decision") == {
-        "match",
-        "unknown",
-        "rejected",
-    }
-    assert labels("sum by (reason) (facestream_dlq_events_total)", "reason") == {
-        "empty",
-        "not_an_image",
-        "truncated",
-    }
-    assert labels("sum by (source) (facestream_images_total)", "source") == {
-        "cam-entrance",
-        "cam-lobby",
-        "upload",
-    }
-    assert labels("sum by (stage) (ray_facestream_actor_stage_seconds_count)", "stage") == {
-        "decode",
-        "detect",
-        "embed",
-        "gallery_search",
-    }
-    assert labels("sum by (call) (facestream_retries_total)", "call") == {"model"}
+
+def test_the_panels_show_what_was_sent(run: Run) -> None:
+    for metric, (label, expected) in SENT.items():
+        # Label values with a non-zero value (known values are exported at 0 from the start).
+        found = query(run.url, rd.expand(f"(sum by ({label}) ({metric})) > 0"))
+        assert {s["metric"][label] for s in found} == expected, metric
 
 
 def test_recording_rules_have_data_and_every_rule_is_healthy(run: Run) -> None:

@@ -41,10 +41,19 @@ def photo(name: str) -> dict[str, str]:
     return {"name": name, "sha256": name}
 
 
+def enrol(
+    g: Gallery, embeddings, identity: str, *photos: str, name: str | None = None
+) -> np.ndarray:
+    """Enrol ``identity`` from ``photos`` (one point each); returns their embeddings."""
+    stacked = np.concatenate([embeddings[p] for p in photos])
+    g.add(identity, name, stacked, [photo(p) for p in photos])
+    return stacked
+
+
 def test_enrolled_people_are_found_and_ranked(open_at: Opener, embeddings) -> None:
     g = open_at(MODEL)
-    g.add("obama", "Barack Obama", embeddings["obama.jpg"], [photo("obama.jpg")])
-    g.add("biden", "Joe Biden", embeddings["biden.jpg"], [photo("biden.jpg")])
+    enrol(g, embeddings, "obama", "obama.jpg", name="Barack Obama")
+    enrol(g, embeddings, "biden", "biden.jpg", name="Joe Biden")
     (obama,), (biden,) = (g.search(embeddings[n], 2) for n in ("obama2.jpg", "biden2.jpg"))
     assert [c.identity for c in obama] == ["obama", "biden"] and obama[0].similarity > 0.6
     assert biden[0].identity == "biden" and biden[0].similarity > 0.5
@@ -54,9 +63,8 @@ def test_enrolled_people_are_found_and_ranked(open_at: Opener, embeddings) -> No
 
 def test_several_photos_of_one_person_rank_as_one_identity(open_at: Opener, embeddings) -> None:
     g = open_at(MODEL)
-    both = np.concatenate([embeddings["obama.jpg"], embeddings["obama3.jpg"]])
-    g.add("obama", None, both, [photo("obama.jpg"), photo("obama3.jpg")])
-    g.add("yao", None, embeddings["yaoming.jpg"], [photo("yaoming.jpg")])
+    both = enrol(g, embeddings, "obama", "obama.jpg", "obama3.jpg")
+    enrol(g, embeddings, "yao", "yaoming.jpg")
     (cands,) = g.search(embeddings["obama2.jpg"], 3)
     assert [c.identity for c in cands] == ["obama", "yao"]
     best = float(max(both @ embeddings["obama2.jpg"][0]))
@@ -73,16 +81,15 @@ def test_several_photos_of_one_person_rank_as_one_identity(open_at: Opener, embe
 def test_reenrolling_the_same_photo_does_not_duplicate(open_at: Opener, embeddings) -> None:
     g = open_at(MODEL)
     for _ in range(2):
-        g.add("obama", None, embeddings["obama.jpg"], [photo("obama.jpg")])
+        enrol(g, embeddings, "obama", "obama.jpg")
     assert g.size() == 1
     g.close()
 
 
 def test_delete_removes_every_point_and_survives_reopening(open_at: Opener, embeddings) -> None:
     g = open_at(MODEL)
-    both = np.concatenate([embeddings["obama.jpg"], embeddings["obama3.jpg"]])
-    g.add("obama", None, both, [photo("obama.jpg"), photo("obama3.jpg")])
-    g.add("biden", None, embeddings["biden.jpg"], [photo("biden.jpg")])
+    enrol(g, embeddings, "obama", "obama.jpg", "obama3.jpg")
+    enrol(g, embeddings, "biden", "biden.jpg")
     assert g.delete("obama") == 2 and g.delete("obama") == 0
     (cands,) = g.search(embeddings["obama2.jpg"], 3)
     assert [c.identity for c in cands] == ["biden"]
@@ -95,7 +102,7 @@ def test_delete_removes_every_point_and_survives_reopening(open_at: Opener, embe
 
 def test_another_models_gallery_is_refused(open_at: Opener, embeddings) -> None:
     g = open_at(MODEL)
-    g.add("obama", None, embeddings["obama.jpg"], [photo("obama.jpg")])
+    enrol(g, embeddings, "obama", "obama.jpg")
     g.close()
     with pytest.raises(ModelMismatch, match="w600k_mbf@test"):
         open_at("buffalo_l/w600k_r50@other")
