@@ -438,20 +438,29 @@ def identify(images: tuple[str, ...], gallery_path: Path | None) -> None:
     "--impostors",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="photos of people who are not enrolled",
+    help="photos of people who are not enrolled (every usable face is an impostor query)",
 )
 @click.option(
     "--enroll",
     "enroll_n",
     default=1,
     show_default=True,
+    type=click.IntRange(min=1),
     help="photos per identity to enrol (the first ones, by name)",
 )
 @click.option(
     "--target-fpir",
     default=0.01,
     show_default=True,
-    help="false-positive identification rate the suggested threshold must meet",
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="FPIR at --gallery-size that the suggested match threshold must meet "
+    "(the review threshold: 10 times it)",
+)
+@click.option(
+    "--gallery-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="identities to project FPIR to [default: the current gallery's, else 1000]",
 )
 @click.option(
     "--histogram",
@@ -459,39 +468,142 @@ def identify(images: tuple[str, ...], gallery_path: Path | None) -> None:
     default=None,
     help="where to save the similarity histograms (PNG)",
 )
-@click.option("--json", "as_json", is_flag=True, help="end with one JSON line of the figures")
+@click.option(
+    "--det",
+    "det_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where to save the DET curve, FNIR against FPIR (PNG)",
+)
+@click.option("--json", "as_json", is_flag=True, help="end with one JSON line of all the figures")
 def eval_command(
     folder: Path,
     impostors: Path | None,
     enroll_n: int,
     target_fpir: float,
+    gallery_size: int | None,
     histogram: Path | None,
+    det_path: Path | None,
     as_json: bool,
 ) -> None:
-    """Measure rank-1, TPIR and FPIR on a labelled folder (one subfolder per identity)."""
-    from facestream.evaluation import default_histogram_path, evaluate, histogram_png
+    """Measure open-set identification on a labelled folder (one subfolder per identity),
+    through the product's enrolment and search paths: FNIR with failures to enrol and to
+    acquire counted as misses, FPIR, both with 95% intervals, FPIR projected to a gallery
+    size, and suggested thresholds. README "Thresholds"."""
+    from facestream import evaluation as ev
 
-    result = evaluate(_settings(), folder, impostors, enroll_n, target_fpir)
-    png = histogram_png(result, histogram or default_histogram_path())
-    rows = [
-        {k: f"{v:.2f}" if k == "threshold" else f"{v:.3f}" for k, v in r.items()}
-        for r in result.table
+    result = ev.evaluate(_settings(), folder, impostors, enroll_n, target_fpir, gallery_size)
+    result.histogram_path = ev.histogram_png(result, histogram or ev.default_histogram_path())
+    result.det_path = ev.det_png(result, det_path or ev.default_det_path())
+    summary = result.summary()
+    n_eval, n = result.enrolled, result.gallery_size
+
+    def _num(v: float) -> str:  # a rate: three decimals, two significant digits when small
+        return f"{v:.2g}" if 0 < v < 0.001 else f"{v:.3f}"
+
+    def rate(r: dict, counts: bool = True) -> str:
+        shown = f"{_num(r['value'])} [{_num(r['low'])}-{_num(r['high'])}]"
+        return f"{shown} ({r['k']}/{r['n']})" if counts else shown
+
+    def projected(p: dict | None) -> str:
+        return f"{_num(p['expected'])} (<={_num(p['upper'])})" if p else "-"
+
+    review = f", review {result.review_threshold}" if result.review_threshold is not None else ""
+    split_rows = [
+        {"queries": "genuine", "outcome": k.replace("_", " "), "count": v}
+        for k, v in summary["genuine"].items()
+    ] + [
+        {"queries": "impostor faces", "outcome": k, "count": v}
+        for k, v in summary["impostor"].items()
     ]
-    console.print(rows_table("open-set identification", rows, ["threshold", "tpir", "fpir"]))
-    summary = {
-        "identities enrolled": result.enrolled,
-        "genuine queries": result.genuine_queries,
-        "impostor faces": result.impostor_faces,
-        "rank-1": f"{result.rank1:.3f}",
-        f"TPIR / FPIR at the default {result.threshold}": f"{result.tpir:.3f} / {result.fpir:.3f}",
-        f"suggested threshold for FPIR <= {target_fpir}": result.suggested_threshold,
-        "histograms": png,
+    console.print(
+        rows_table(
+            f"decisions at the configured thresholds (match {result.threshold}{review})",
+            split_rows,
+            ["queries", "outcome", "count"],
+        )
+    )
+    rows = [
+        {
+            "threshold": f"{r['threshold']:.2f}",
+            "FNIR [95% CI]": rate(r["fnir"], counts=False),
+            "FPIR [95% CI]": rate(r["fpir"], counts=False),
+            "p(t)": _num(r["p"]) if r["p"] is not None else "-",
+            f"exp. FPIR @{n_eval}": projected(r["expected_fpir_evaluated"]),
+            f"exp. FPIR @{n}": projected(r["expected_fpir_at_gallery_size"]),
+        }
+        for r in summary["table"]
+    ]
+    console.print(
+        rows_table(
+            f"open-set identification: {len(result.genuine)} genuine queries (misses included),"
+            f" {len(result.impostors)} impostor faces, {n_eval} enrolled",
+            rows,
+            list(rows[0]),
+        )
+    )
+    by_size: dict[tuple[str, float], dict[str, str]] = {}
+    for p in summary["projections"]:
+        row = by_size.setdefault(
+            (p["decision"], p["threshold"]),
+            {"decision": p["decision"], "threshold": str(p["threshold"])},
+        )
+        row[f"N={p['gallery_size']:,}"] = projected(p)
+    if by_size:
+        console.print(
+            rows_table(
+                "expected FPIR by gallery size, 1-(1-p(t))^N (<= what the measured comparisons"
+                " alone can bound)",
+                list(by_size.values()),
+                list(next(iter(by_size.values()))),
+            )
+        )
+    comparisons = summary["impostor_comparisons"]
+    facts: dict[str, object] = {
+        "identities enrolled": f"{result.enrolled} of {result.identities}",
+        "genuine queries": len(result.genuine),
+        "impostor faces (rejected by the gates)": (
+            f"{len(result.impostors)} ({result.impostor_faces_rejected})"
+        ),
+        "rank-1": f"{summary['rank1']:.3f}",
+        f"FNIR / FPIR at match {result.threshold}": (
+            f"{rate(summary['fnir'])} / {rate(summary['fpir'])}"
+        ),
     }
-    console.print(kv_table("evaluation", summary))
-    for line in result.skipped:
-        console.print(f"[yellow]skipped[/] {line}")
+    if summary["fnir_review"] is not None:
+        facts[f"FNIR / FPIR at review {result.review_threshold}"] = (
+            f"{rate(summary['fnir_review'])} / {rate(summary['fpir_review'])}"
+        )
+    if comparisons["n"]:
+        facts["impostor comparisons (mean, sd, max)"] = (
+            f"{comparisons['n']} ({comparisons['mean']:.3f}, {comparisons['sd']:.3f}, "
+            f"{comparisons['max']:.3f})"
+        )
+    facts["gallery size for the projections"] = f"{n} ({result.gallery_size_source})"
+    for name, s in (summary["suggested"] or {}).items():
+        if s["threshold"] is None:
+            text = "none up to 1.0"
+        else:
+            text = f"{s['threshold']} (expected FPIR {_num(s['expected_fpir'])}"
+            text += (
+                ", established by the data)"
+                if s["established"]
+                else f"; extrapolated: needs >= {s['comparisons_needed']:,} impostor comparisons)"
+            )
+        facts[f"suggested {name} threshold for FPIR <= {s['target_fpir']:g} at {n}"] = text
+    facts["DET curve"] = result.det_path
+    facts["histograms"] = result.histogram_path
+    console.print(kv_table("evaluation", facts))
+    for failure in result.failures_to_enrol:
+        console.print(
+            f"[yellow]failure to enrol[/] {failure['identity']}: "
+            f"{failure['reason']}: {failure['message']}"
+        )
+    for g in result.genuine:
+        if g.outcome == "failure_to_acquire":
+            console.print(f"[yellow]failure to acquire[/] {g.photo}: {g.reason}")
     if as_json:
-        click.echo(json.dumps(result.summary()))
+        click.echo(json.dumps(summary))
 
 
 @main.command()
