@@ -13,6 +13,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from core.waiting import Deadline
 from streams.clients import ImageToSend, tail
 from streams.enrollment import EnrollmentRequest, Photo
 from tests.conftest import BASIS, Pipeline, unique
@@ -40,13 +41,28 @@ def show(pipeline: Pipeline, identity: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def audit_records(pipeline: Pipeline, keys: set[str]) -> list[dict]:
+def audit_records(pipeline: Pipeline, keys: set[str], expected: int) -> list[dict]:
+    """The audit records under ``keys``, read from the start of the topic until ``expected``
+    of them have come (a generous deadline bounds a failure), then on to the topic's end at
+    that moment, so that any duplicate already written is counted too."""
+    settings = pipeline.settings
+
     async def read() -> list[dict]:
-        found = []
-        async with tail(pipeline.settings, [pipeline.settings.topics.audit], True) as c:
-            for _ in range(20):
+        found: list[dict] = []
+        async with tail(settings, [settings.topics.audit], True) as c:
+
+            async def more() -> None:
                 for records in (await c.getmany(timeout_ms=500)).values():
-                    found += [json.loads(r.value) for r in records if r.key.decode() in keys]
+                    found.extend(json.loads(r.value) for r in records if r.key.decode() in keys)
+
+            deadline = Deadline(120)
+            while len(found) < expected and not deadline.expired:
+                await more()
+            end = await c.end_offsets(list(c.assignment()))
+            while [tp for tp, offset in end.items() if await c.position(tp) < offset]:
+                if deadline.expired:
+                    raise TimeoutError(f"could not read {settings.topics.audit} to its end")
+                await more()
         return found
 
     return asyncio.run(read())
@@ -82,7 +98,7 @@ def test_erasure_leaves_no_vector_payload_or_live_enrolment_record(
     face = pipeline.one(again)[1]["faces"][0]
     assert face["decision"] == "unknown" and identity not in str(face["candidates"])
 
-    changes = audit_records(pipeline, {identity})
+    changes = audit_records(pipeline, {identity}, expected=2)
     for record in changes:
         jsonschema.validate(record, AUDIT_SCHEMA)
     assert [(r["kind"], r["basis"], r["photos"]) for r in changes] == [
@@ -98,7 +114,7 @@ def test_audit_topic_holds_one_record_per_decision(pipeline: Pipeline, samples: 
     ]
     images.append(ImageToSend(unique("junk"), b"not a photo", "test"))
     results = pipeline.run(images)
-    records = audit_records(pipeline, set(results))
+    records = audit_records(pipeline, set(results), expected=len(results))
     assert sorted(r["image_id"] for r in records) == sorted(results)  # exactly one each
     for record in records:
         jsonschema.validate(record, AUDIT_SCHEMA)

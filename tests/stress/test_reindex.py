@@ -9,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,11 +17,12 @@ import pytest
 from actors.gallery import current_model
 from actors.models.packs import resolve_pack
 from core.settings import Settings
+from core.waiting import wait_until_async
 from facestream.embedded import Worker
 from streams.clients import ImageToSend
 from tests.conftest import unique
-from tests.flow import run_flow
 from tests.stress.test_delivery import new_stack
+from tests.waits import assert_faults_ran, run_flow_with_faults
 
 pytestmark = pytest.mark.stress
 
@@ -35,32 +36,44 @@ def test_reindex_switches_models_with_every_search_answered(samples: Path, tmp_p
         shutil.copytree(resolve_pack(None, Settings().cache_dir).folder, pack)
         new = old.override(model__folder=pack)
         env = {**os.environ, **new.env(), **stack.worker_env}
-        steps: dict[str, float] = {}
+        rolled = threading.Event()
 
-        async def reindex() -> None:
-            out = await asyncio.to_thread(
-                subprocess.run,
+        def reindex() -> None:
+            out = subprocess.run(
                 [sys.executable, "-m", "facestream.cli", "reindex"],
                 env=env,
                 capture_output=True,
                 text=True,
-                timeout=120,
+                timeout=300,
             )
             assert out.returncode == 0, out.stderr
-            steps["reindexed"] = time.monotonic()
 
         def roll_workers() -> None:
             stack.workers.append(Worker(new, stack.run_dir / "worker-new.log", stack.worker_env))
             stack.workers[0].stop()  # SIGTERM: the new worker takes over its partitions
-            steps["rolled"] = time.monotonic()
+            rolled.set()
+
+        async def after_the_roll() -> None:
+            """Hold the last images back until the workers have rolled, so that a slow reindex
+            cannot let the old worker answer them all."""
+
+            async def is_rolled() -> bool:
+                return rolled.is_set()
+
+            await wait_until_async(is_rolled, timeout_s=420, what="the workers rolled")
 
         photo = (samples / "obama2.jpg").read_bytes()
         images = [ImageToSend(unique(f"img-{i:03d}"), photo, "cam") for i in range(160)]
-        report = asyncio.run(
-            run_flow(
-                old, images, timeout_s=240, rate_per_s=8, faults={20: reindex, 70: roll_workers}
+        # Placed by progress: the reindex starts once 20 images are answered and runs while
+        # images keep coming (the old worker serves them); the workers roll once it is done and
+        # 70 are answered; the images after the 120th are produced only after the roll.
+        faults = {20: reindex, 70: roll_workers}
+        report, done_at = asyncio.run(
+            run_flow_with_faults(
+                old, images, faults, timeout_s=480, rate_per_s=8, faults={119: after_the_roll}
             )
         )
+        assert_faults_ran(done_at, faults)
         ids = {i.image_id for i in images}
         print("\n" + report.line(ids))
         assert not report.missing(ids)

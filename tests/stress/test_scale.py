@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -24,24 +23,44 @@ from facestream.embedded import EmbeddedStack
 from streams.clients import ImageToSend
 from tests.flow import run_flow
 from tests.stress.test_delivery import check, new_stack, stream_of
+from tests.waits import assert_faults_ran, run_flow_with_faults, wait_for_assignment
 
 pytestmark = pytest.mark.stress
 
 # Where the actors run, asked in a child process with the head's Ray environment: a Ray driver
 # in the test process would keep the first auth token it loaded (Ray caches it) for good.
 CLUSTER_VIEW = """
-import json, ray
+import json, sys, ray
+from ray.exceptions import RayError
 from actors.cluster import gallery_actor_name, model_actor_names
 from core.settings import Settings
+from core.waiting import wait_until
 
 settings = Settings()
+lost = set(sys.argv[1:])  # node ids that must be seen dead first
 ray.init(address=settings.ray.address, namespace=settings.ray.namespace, log_to_driver=False,
          logging_level="ERROR")
-info = lambda name: ray.get(ray.get_actor(name).info.remote(), timeout=120)
-models = {name: info(name) for name in model_actor_names(settings)}
-gallery = info(gallery_actor_name(settings, next(iter(models.values()))["model_id"]))
-nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
-print(json.dumps({"models": models, "gallery": gallery, "nodes": nodes}))
+
+def info(name):
+    # A restarted actor answers when Ray has brought it back, not before: ask until it does.
+    def answer():
+        try:
+            return ray.get(ray.get_actor(name).info.remote(), timeout=30)
+        except (RayError, ValueError):  # restarting, unavailable, not (yet) registered
+            return None
+    return wait_until(answer, timeout_s=240, what=f"actor {name} answering", interval_s=0.5)
+
+def settled():
+    nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
+    if lost & nodes.keys():
+        return None
+    models = {name: info(name) for name in model_actor_names(settings)}
+    gallery = info(gallery_actor_name(settings, next(iter(models.values()))["model_id"]))
+    if not {i["node_id"] for i in [*models.values(), gallery]} <= nodes.keys():
+        return None  # an answer from before a node was lost: ask again
+    return {"models": models, "gallery": gallery, "nodes": nodes}
+
+print(json.dumps(wait_until(settled, timeout_s=240, what="the cluster settled", interval_s=1)))
 """
 
 
@@ -56,11 +75,17 @@ class ClusterView:
         return sorted(a for a, n in self.models.items() if n == node_id)
 
 
-def cluster_view(stack: EmbeddedStack) -> ClusterView:
+def cluster_view(stack: EmbeddedStack, lost: tuple[str, ...] = ()) -> ClusterView:
+    """Where the actors run, once every actor answers from a live node (and the ``lost``
+    nodes are known dead): Ray restarts actors in its own time."""
     assert stack.ray_head is not None
     env = {**os.environ, **stack.settings.env(), **stack.ray_head.env}
     done = subprocess.run(
-        [sys.executable, "-c", CLUSTER_VIEW], env=env, capture_output=True, text=True, timeout=180
+        [sys.executable, "-c", CLUSTER_VIEW, *lost],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     view = json.loads(done.stdout.strip().splitlines()[-1])
@@ -127,40 +152,6 @@ def spread_over_partitions(images: list[ImageToSend], partitions: int) -> list[I
     ]
 
 
-# Faust logs each assignment as a table, "Setting newly assigned partitions" then rows such
-# as "| images | {0-1, 3} |".
-ASSIGNED = re.compile(r"Setting newly assigned partitions(.*?)for group", re.S)
-IMAGES_ROW = re.compile(r"^\|\s*images\s*\|\s*\{([^}]*)\}", re.M)
-
-
-def assignments(log_path: Path) -> list[set[int]]:
-    """The ``images`` partitions of every assignment a worker logged, oldest first."""
-    out = []
-    for table in ASSIGNED.findall(log_path.read_text(errors="replace")):
-        row = IMAGES_ROW.search(table)
-        parts: set[int] = set()
-        for token in row.group(1).split(",") if row else []:
-            low, _, high = token.strip().partition("-")
-            parts.update(range(int(low), int(high or low) + 1))
-        out.append(parts)
-    return out
-
-
-def wait_for_split(
-    stack: EmbeddedStack, partitions: int, timeout_s: float = 90.0
-) -> list[set[int]]:
-    """Each worker's ``images`` partitions, once every worker holds some and none is shared."""
-    current: list[set[int]] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        current = [(assignments(w.log_path) or [set()])[-1] for w in stack.workers]
-        if all(current) and sorted(p for c in current for p in c) == list(range(partitions)):
-            return current
-        time.sleep(0.5)
-    logs = "\n".join(w.log_tail(30) for w in stack.workers)
-    raise AssertionError(f"workers did not split the partitions: {current}\n{logs}")
-
-
 def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_node_go(
     samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -170,7 +161,7 @@ def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_no
     stack, _ = new_stack(samples, workers=2, shared_ray=True, ray_nodes=2)
     try:
         partitions = stack.settings.topics.images_partitions
-        owned = wait_for_split(stack, partitions)
+        owned = wait_for_assignment(stack.settings, stack.workers)
         view = cluster_view(stack)
         assert len(view.node_label) == 3, view.node_label
         assert len(set(view.models.values())) == 2, f"replicas share a node: {view.models}"
@@ -198,33 +189,33 @@ def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_no
         )
         victim = stack.ray_nodes[int(view.node_label[victim_id].rsplit("-", 1)[1])]
         leaving, staying = stack.workers
+        # Each fault once so many images have an outcome: mid-stream, whatever the pace. The
+        # graceful stop runs in a thread while images keep flowing; the node goes once the
+        # worker has left and 40 more images are answered.
         leave_at, remove_at = 30, 70
         images = spread_over_partitions(stream_of(samples, 120, "scale-faults"), partitions)
-        faults = {
-            # A Future, not a coroutine, so run_flow does not wait: the graceful stop runs in a
-            # thread while images keep flowing.
-            leave_at: lambda: asyncio.get_running_loop().run_in_executor(None, leaving.stop),
-            remove_at: lambda: stack.remove_ray_node(victim),
-        }
+        faults = {leave_at: leaving.stop, remove_at: lambda: stack.remove_ray_node(victim)}
         started = time.monotonic()
-        report = asyncio.run(
-            run_flow(
-                stack.settings, images, timeout_s=240, rate_per_s=15, faults=faults, linger_s=2
+        report, done_at = asyncio.run(
+            run_flow_with_faults(
+                stack.settings, images, faults, timeout_s=300, rate_per_s=15, linger_s=2
             )
         )
         check(report, images, stack)
+        assert_faults_ran(done_at, faults)
         print(f"{len(images)} images in {time.monotonic() - started:.1f}s (produced at 15/s)")
         assert not leaving.alive() and staying.alive()
-        taken_over = assignments(staying.log_path)[-1]
+        # The broker holds a group of worker-1 alone, and worker-1 reports every partition.
+        (taken_over,) = wait_for_assignment(stack.settings, [staying])
         gone = [set(), taken_over]
         print_workers(
             stack,
-            [(owned, range(leave_at + 1)), (gone, range(leave_at + 1, len(images)))],
+            [(owned, range(leave_at)), (gone, range(leave_at, len(images)))],
             partitions,
         )
         assert taken_over == set(range(partitions)), "worker-1 did not take over"
 
-        after = cluster_view(stack)
+        after = cluster_view(stack, lost=(victim_id,))
         print(f"per node after {view.node_label[victim_id]} was removed (replicas restarted):")
         print_nodes(after, cpu_seconds(after.model_pid))
         assert victim_id not in after.node_label
