@@ -16,7 +16,7 @@ import faust
 from core.compute import Compute
 from core.events import encode
 from core.settings import Settings
-from streams import metrics, observe, transport
+from streams import metrics, observe, offsets, transport
 from streams.delivery import Delivery
 from streams.processor import EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
@@ -52,6 +52,8 @@ def faust_config(settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings, compute: Compute) -> faust.App:
     app = faust.App(settings.kafka.app_id, **faust_config(settings))
     transport.install(app, settings.tuning.fetch_max_wait_ms)
+    # Commits never pass an image still in flight, whatever the concurrency (faust#606).
+    offsets.guard_commits(app)
     t = settings.topics
 
     def raw_topic(name: str, partitions: int | None = None) -> faust.TopicT:
