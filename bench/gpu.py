@@ -55,18 +55,9 @@ from typing import Any
 import numpy as np
 
 from bench import common
+from bench.model_path import PHOTOS
 from core.settings import Settings
 
-PHOTOS = [
-    "obama.jpg",
-    "obama2.jpg",
-    "obama3.jpg",
-    "biden.jpg",
-    "biden2.jpg",
-    "yaoming.jpg",
-    "players.jpg",
-    "t1.jpg",
-]
 VARIANTS = ("cuda", "cuda-fp16", "tensorrt", "tensorrt-fp16")
 CUDA, TRT, CPU = "CUDAExecutionProvider", "TensorrtExecutionProvider", "CPUExecutionProvider"
 

@@ -19,20 +19,14 @@ import pytest
 from core.settings import Settings
 from core.waiting import wait_until
 from facestream.embedded import free_port
+from tests.cli import run_cli
 from tests.conftest import Pipeline
 
 pytestmark = pytest.mark.integration
 
 
 def cli(settings: Settings, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, **settings.env()}
-    return subprocess.run(
-        [sys.executable, "-m", "facestream.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    return run_cli(settings, *args, timeout_s=timeout_s)
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess, *words: str) -> None:

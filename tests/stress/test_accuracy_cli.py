@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import pytest
 
 from facestream.embedded import EmbeddedStack
 from facestream.evaluation import genuine_result, impostor_results, impostor_split, split
+from tests.cli import run_cli
 from tests.conftest import BASIS, embedded_settings
 from tests.photo_variants import make_variant_set
 
@@ -39,14 +38,7 @@ def stack() -> Iterator[EmbeddedStack]:
 
 
 def cli(stack: EmbeddedStack, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, **stack.settings.env(), **stack.worker_env}
-    return subprocess.run(
-        [sys.executable, "-m", "facestream.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-    )
+    return run_cli(stack.settings, *args, extra_env=stack.worker_env, timeout_s=timeout_s)
 
 
 def stem_of(image_id: str) -> str:
