@@ -5,6 +5,7 @@ Names are derived from the app id, so every worker of one deployment finds the s
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -12,8 +13,13 @@ from typing import Any
 
 import ray
 
-from actors.deployment import GalleryActor, ModelActor
-from actors.gallery import model_slug
+from actors.deployment import (
+    PLACEMENT_FILE,
+    GalleryActor,
+    ModelActor,
+    gallery_actor_name,
+    placement_key,
+)
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,9 +63,62 @@ def model_actor_names(settings: Settings) -> list[str]:
     return [f"{settings.kafka.app_id}-model-{i}" for i in range(settings.ray.model_replicas)]
 
 
-def gallery_actor_name(settings: Settings, model_id: str) -> str:
-    """One gallery actor per model: during a model change both generations run side by side."""
-    return f"{settings.kafka.app_id}-gallery-{model_slug(model_id)}"
+__all__ = ["Actors", "connect_ray", "ensure_actors", "find_gallery", "gallery_actor_name"]
+
+
+def recorded_placement(settings: Settings) -> dict[str, Any] | None:
+    """Where the edge gallery's owner ran (its node), as it recorded it: in Ray's key-value
+    store, else beside the gallery (``placement.json``, readable when this process runs on
+    that node). None: no record (a new gallery, or the server backend)."""
+    if settings.gallery.backend != "edge":
+        return None
+    raw = None
+    try:
+        from ray.experimental import internal_kv
+
+        raw = internal_kv._internal_kv_get(placement_key(settings))
+    except Exception:  # an older or a client-mode Ray: fall back to the file
+        raw = None
+    if raw is None:
+        file = settings.gallery.path / PLACEMENT_FILE
+        raw = file.read_bytes() if file.is_file() else None
+    return json.loads(raw) if raw else None
+
+
+def gallery_node(settings: Settings, placement: dict[str, Any] | None) -> str | None:
+    """The Ray node the gallery actor must run on: the recorded node while it is alive, else
+    an alive node at the same address or host name (that machine's Ray restarted: the disk
+    is still there), else the recorded node anyway (dead: the actor cannot be scheduled, the
+    workers wait and FacestreamGalleryUnavailable fires: never an empty gallery elsewhere).
+    None: nothing recorded, so Ray places it (here: the worker's own node)."""
+    if placement is None:
+        return None
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    for node in alive:
+        if node.get("NodeID") == placement.get("node_id"):
+            return node["NodeID"]
+    for key, field in (("node_ip", "NodeManagerAddress"), ("hostname", "NodeManagerHostname")):
+        for node in alive:
+            if placement.get(key) and node.get(field) == placement[key]:
+                return node["NodeID"]
+    log.error(
+        "the gallery's node %s (%s) is gone: searches wait until it is back",
+        placement.get("node_id"),
+        placement.get("node_ip"),
+    )
+    return placement.get("node_id")
+
+
+def _gallery_strategy(settings: Settings) -> Any:
+    """Pin the edge gallery's owner to the node whose disk holds the gallery (soft=False:
+    never elsewhere). A new gallery is created on this process's node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    if settings.gallery.backend != "edge":
+        return "DEFAULT"
+    node = gallery_node(settings, recorded_placement(settings))
+    node = node or ray.get_runtime_context().get_node_id()
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
 def ensure_actors(settings: Settings) -> Actors:
@@ -89,6 +148,7 @@ def ensure_actors(settings: Settings) -> Actors:
         num_cpus=0,
         max_restarts=-1,
         max_task_retries=0,  # RayCompute retries transient failures itself
+        scheduling_strategy=_gallery_strategy(settings),
     ).remote(shipped, info["model_id"], info["embedding_dim"])
     ray.get(gallery.info.remote())  # surfaces a model mismatch or lock error now, not later
     log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])

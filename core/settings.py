@@ -325,7 +325,35 @@ class GallerySettings(Group):
     collection: str = Field(
         "faces", min_length=1, description="Qdrant collection (alias) of the server gallery."
     )
-    hnsw_ef: Count = Field(128, description="HNSW search breadth: recall against speed.")
+    hnsw_ef: Count = Field(
+        256,
+        description="HNSW search breadth (raised to the number of points a search asks for):"
+        " recall against speed.",
+    )
+    hnsw_m: Count = Field(32, description="HNSW links per point: recall and memory against speed.")
+    hnsw_ef_construct: Count = Field(
+        128, description="HNSW build breadth: index quality against build time."
+    )
+    quantization: Literal["none", "int8", "turbo4", "turbo2", "binary"] = Field(
+        "int8",
+        description="Compressed copy of the vectors that the index searches, rescored with the"
+        " originals: `int8` (1 byte per dimension), `turbo4`/`turbo2` (TurboQuant, 4 or 2"
+        " bits), `binary` (1 bit), `none`.",
+    )
+    rescore_oversampling: float = Field(
+        2.0,
+        ge=1.0,
+        le=16.0,
+        description="Quantized candidates per wanted point, rescored with the original vectors.",
+    )
+    index_threshold: Count = Field(
+        10_000,
+        description="Edge: unindexed photos that start a background index build; below it they"
+        " are searched exactly.",
+    )
+    index_threads: int = Field(
+        1, ge=0, description="Edge: threads of the background index build; 0: all cores."
+    )
 
 
 class PrivacySettings(Group):

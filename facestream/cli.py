@@ -320,31 +320,55 @@ def identities() -> None:
 
 @identities.command("list")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
-def identities_list(as_json: bool) -> None:
-    """List enrolled identities (through the running deployment, else the gallery itself)."""
-    rows = _ask_gallery(_settings(), "identities")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=100, show_default=True, help="rows per page"
+)
+@click.option("--after", default=None, help="start after this identity (the previous page's last)")
+def identities_list(as_json: bool, limit: int, after: str | None) -> None:
+    """List enrolled identities, a page at a time (through the running deployment, else the
+    gallery itself). Pages follow a stable order: alphabetical on the embedded engine."""
+    from actors.gallery import GalleryError
+    from facestream.offline import GalleryReader
+
+    try:
+        with GalleryReader(_settings()) as reader:
+            rows = reader.call("identities", limit, after)
+            total = reader.call("identity_count")
+    except GalleryError as exc:
+        raise click.ClickException(str(exc)) from exc
     if as_json:
         for row in rows:
             click.echo(json.dumps(row))
-    else:
-        console.print(
-            rows_table(
-                f"{len(rows)} identities", rows, ["identity", "name", "photos", "enrolled_at"]
-            )
-        )
+        return
+    title = f"{len(rows)} of {total} identities" + (f" after {after!r}" if after else "")
+    console.print(rows_table(title, rows, ["identity", "name", "photos", "enrolled_at"]))
+    if len(rows) == limit:
+        import shlex
+
+        console.print(f"next page: --after {shlex.quote(rows[-1]['identity'])}")
 
 
 @identities.command("show")
 @click.argument("identity")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object")
 def identities_show(identity: str, as_json: bool) -> None:
-    """Everything stored about IDENTITY: its gallery entries and its enrolment records."""
-    from streams.clients import enrollment_records
+    """Everything stored about IDENTITY, and where: its entries in every gallery generation,
+    the requests the enrolment topic still holds, and its photo records in the state topic
+    (live: what compaction keeps)."""
+    from streams.clients import enrollment_records, state_records
+    from streams.topics import state_topic
 
     settings = _settings()
-    stored = _ask_gallery(settings, "show", identity)
-    records = asyncio.run(enrollment_records(settings, identity))
-    report = {"identity": identity, "gallery": stored, "enrollment_log": records}
+    stored = _shown_everywhere(settings, identity)
+    requests = asyncio.run(enrollment_records(settings, identity))
+    state = asyncio.run(state_records(settings, identity))
+    report = {
+        "identity": identity,
+        "gallery": stored,
+        "enrollment_log": requests,
+        "state_log": state,
+        "live_state_records": sum(r["live"] for r in state),
+    }
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -352,23 +376,75 @@ def identities_show(identity: str, as_json: bool) -> None:
         rows_table(
             f"{identity}: {len(stored)} gallery entries",
             stored,
-            ["photo", "name", "basis", "enrolled_at", "model_id", "photo_sha256"],
+            ["gallery", "current", "photo", "name", "basis", "enrolled_at", "photo_sha256"],
         )
     )
     console.print(
         rows_table(
-            f"{identity}: {len(records)} records in the enrolment log",
-            records,
+            f"{identity}: {len(requests)} requests in {settings.topics.enrollments}"
+            " (deleted by time)",
+            requests,
             ["offset", "op", "photos", "tombstone"],
         )
     )
+    console.print(
+        rows_table(
+            f"{identity}: {len(state)} records in {state_topic(settings)}, "
+            f"{report['live_state_records']} live after compaction",
+            state,
+            ["offset", "photo", "photo_sha256", "tombstone", "live"],
+        )
+    )
+
+
+def _shown_everywhere(settings: Settings, identity: str) -> list[dict]:
+    """``show`` in every generation: the deployment's gallery actor reaches them all; without
+    a deployment, each generation here is opened in turn."""
+    from actors.gallery import (
+        GalleryError,
+        current_generation,
+        generations,
+        holder,
+        open_model_gallery,
+    )
+    from facestream.offline import GalleryReader
+
+    current = current_generation(settings)
+    if current is not None:
+        try:
+            with GalleryReader(settings) as reader:
+                if reader.actor is not None:
+                    return reader.call("show", identity)
+        except GalleryError as exc:
+            raise click.ClickException(str(exc)) from exc
+    rows: list[dict] = []
+    for generation in generations(settings):
+        if (doc := holder(settings, generation)) is not None:
+            console.print(f"[yellow]gallery {generation.name} is held by process {doc['pid']}[/]")
+            continue
+        try:
+            gallery = open_model_gallery(
+                settings, generation.model_id, None, generation=generation.number
+            )
+        except Exception as exc:  # held by a running process: reported, not hidden
+            console.print(f"[yellow]gallery {generation.name} not readable[/]: {exc}")
+            continue
+        try:
+            found = gallery.show(identity)
+        finally:
+            gallery.close()
+        is_current = generation == current
+        rows += [{**p, "gallery": generation.name, "current": is_current} for p in found]
+    return rows
 
 
 @identities.command("delete")
 @click.argument("identity")
 @click.option("--timeout", default=120.0, show_default=True)
 def identities_delete(identity: str, timeout: float) -> None:
-    """Delete IDENTITY: every vector and payload of the person leaves the gallery."""
+    """Erase IDENTITY: every vector and payload in every gallery generation, and a tombstone
+    for each of the person's photo records in the state topic (compaction removes the
+    photos within 24 h; the requests topic deletes its records within 24 h)."""
     from streams.clients import request_enrollment
     from streams.enrollment import EnrollmentRequest
 
@@ -376,6 +452,8 @@ def identities_delete(identity: str, timeout: float) -> None:
         request_enrollment(_settings(), EnrollmentRequest("delete", identity), timeout)
     )
     _print_ack(reply)
+    if reply.get("ok"):
+        console.print(f"tombstoned {reply.get('tombstones', 0)} photo record(s) in the state topic")
 
 
 @main.command()
@@ -625,16 +703,47 @@ def samples(eval_set: Path | None) -> None:
 
 
 @main.command()
-def reindex() -> None:
-    """Rebuild the gallery for the configured model from the enrolment log, then switch to it.
+@click.option("--batch", default=32, show_default=True, help="photos per model call")
+@click.option(
+    "--force", is_flag=True, help="switch even to an empty gallery (the state topic is empty)"
+)
+@click.option("--json", "as_json", is_flag=True, help="end with one JSON line of the summary")
+def reindex(batch: int, force: bool, as_json: bool) -> None:
+    """Build a new generation of the gallery for the configured model from the state topic,
+    on a live system, then switch to it (the live generation is never touched).
 
-    Run it with the new model's settings (e.g. FACESTREAM_MODEL__FOLDER); then restart the
-    workers with the same settings. Until then they keep serving the old gallery.
+    Runs with the configured model (e.g. FACESTREAM_MODEL__FOLDER); for a new model, restart
+    the workers with the same settings afterwards (until then they keep serving the old
+    gallery; enrolments wait). With the same model the running workers switch by themselves.
+    Rerun it after a crash: it resumes the generation it left. Progress: a bar on a
+    terminal, else one line per step on stderr.
     """
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from facestream.reindex import ReindexRefused
     from facestream.reindex import reindex as run
 
-    summary = asyncio.run(run(_settings()))
-    console.print(kv_table("reindexed; the current gallery is now this model's", summary))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, object] = {}
+
+        def progress(phase: str, done: int, total: int | None) -> None:
+            if not console.is_terminal:
+                click.echo(f"reindex: {phase} {done}/{total}", err=True)
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        try:
+            summary = asyncio.run(run(_settings(), progress, batch=batch, force=force))
+        except ReindexRefused as exc:
+            raise click.ClickException(str(exc)) from exc
+    shown = {k: v for k, v in summary.items() if k != "refused photos"}
+    console.print(kv_table(f"reindexed; the current gallery is now {summary['generation']}", shown))
+    for line in summary["refused photos"]:
+        console.print(f"[yellow]refused by this model[/] {line}")
+    if as_json:
+        click.echo(json.dumps(summary))
 
 
 @main.command()

@@ -16,7 +16,7 @@ import faust
 from core.compute import Compute
 from core.events import encode
 from core.settings import Settings
-from streams import metrics, observe, offsets, transport
+from streams import metrics, observe, offsets, topics, transport
 from streams.delivery import Delivery
 from streams.processor import EnrollmentProcessor, ImageProcessor
 from streams.records import image_message
@@ -72,7 +72,6 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
     audit = raw_topic(t.audit)
 
     image_processor = ImageProcessor(settings, compute)
-    enrollment_processor = EnrollmentProcessor(settings, compute)
     wait_s = settings.batch.wait_ms / 1000
 
     deliver = Delivery(settings, dlq)
@@ -114,38 +113,79 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
                 tp = e.message.tp
                 done[tp] = max(done.get(tp, 0), e.message.offset + 1)
 
+    # The gallery's source of truth: one record per accepted photo, compacted (topics.py).
+    state = app.topic(
+        topics.state_topic(settings),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=1,
+        config=topics.topic_configs(settings)[topics.state_topic(settings)],
+    )
+
+    async def publish_state(records: list[tuple[str, bytes | None]]) -> None:
+        await deliver([(state, key, value) for key, value in records])
+
+    enrollment_processor = EnrollmentProcessor(settings, compute, publish_state)
+
+    async def check_topics() -> None:
+        """At start: every topic's config against its declaration (topics.py). A critical
+        mismatch (a state topic not compacted, enrolment requests kept for ever) stops this
+        agent with the error, before it applies a request: images are still identified."""
+        admin = topics.admin_client(settings)
+        try:
+            await admin.start()
+            await topics.check_topic_configs(settings, admin)
+        except topics.TopicConfigError:
+            log.exception("enrolments stopped: the topics are not configured as declared")
+            raise
+        except Exception as exc:  # a broker without DescribeConfigs: say so, go on
+            log.warning("could not check the topic configs: %s", exc)
+        finally:
+            await admin.close()
+
     @app.agent(enrollments)
     async def enroll(stream: faust.StreamT) -> None:
+        """Serial (one partition, concurrency 1): a request's state records are published
+        before its gallery write, and its ack after it (processor.EnrollmentProcessor)."""
+        await check_topics()
         async for event in stream.events():
             result = await enrollment_processor.process(event.message.value, event.message.key)
             if result is None:
                 continue
             reply = result.ack
             observe.enrolment(reply)
-            # Identities stay out of the logs: the audit topic records who.
+            # Identities stay out of the logs (the audit topic records who): request ids only.
             log.info("enrolment %s %s: ok=%s", reply["op"], reply["request_id"], reply["ok"])
             sends = [(audit, reply["identity"] or "", encode(result.audit))]
-            if result.tombstone is not None:
-                # Null value under the identity's key: compaction drops its enrolment records
-                # (and their photos) from the log.
-                sends.append((enrollments, result.tombstone, None))
             await deliver([*sends, (acks, reply["request_id"], encode(reply))])
+
+    progress = metrics.PartitionProgress(metrics.STALL_AFTER_S)
 
     @app.timer(interval=5.0)
     async def gauges() -> None:
-        """Lag per assigned partition and gallery size, for the dashboards. Metrics must never
-        take the worker down: an error here is logged and the next tick tries again."""
+        """Lag and stall per assigned partition, and gallery size, for the dashboards. Metrics
+        must never take the worker down: an error here is logged and the next tick tries
+        again."""
         try:
             assigned = {tp for tp in app.consumer.assignment() if tp.topic == t.images}
+            committed = app.consumer._committed_offset  # Faust's; None: nothing committed yet
             for tp in assigned:
                 end = app.consumer.highwater(tp)
                 if end is None:  # not fetched from yet
                     continue
-                behind = max(end - done.get(tp, end), 0)
-                metrics.LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(behind)
+                # Before this worker's first finished batch: from the committed offset.
+                position = done.get(tp, committed.get(tp) or 0)
+                behind, stalled = progress.update(tp, end, position)
+                labels = {"topic": tp.topic, "partition": str(tp.partition)}
+                metrics.LAG.labels(**labels).set(behind)
+                metrics.STALLED.labels(**labels).set(int(stalled))
             for tp in reported - assigned:  # revoked: its new owner reports it now
-                with contextlib.suppress(KeyError):
-                    metrics.LAG.remove(tp.topic, str(tp.partition))
+                progress.forget(tp)
+                for gauge in (metrics.LAG, metrics.STALLED):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(tp.topic, str(tp.partition))
             reported.clear()
             reported.update(assigned)
             metrics.GALLERY_SIZE.set(await compute.size())

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from core.settings import Settings
 from core.waiting import Deadline, wait_until_async
-from streams.enrollment import EnrollmentRequest
+from streams.enrollment import EnrollmentRequest, PhotoRecord, split_state_key
 from streams.records import image_headers
 from streams.security import aiokafka_kwargs
 
@@ -176,7 +176,9 @@ def outcome_kind(settings: Settings, topic: str) -> str:
 async def read_to_end(
     settings: Settings, topic: str, timeout_s: float = 60.0
 ) -> AsyncIterator[ConsumerRecord]:
-    """Every record of ``topic`` from the beginning to its current end, then stop."""
+    """Every record of ``topic`` from the beginning to its current end, then stop. The
+    deadline covers the whole read, the caller's time included: for small topics (outputs,
+    acks). Logs that are replayed (reindex) are read with ``read_log``."""
     async with tail(settings, [topic], from_beginning=True) as c:
         end = await c.end_offsets(list(c.assignment()))
         deadline = Deadline(timeout_s)
@@ -188,15 +190,148 @@ async def read_to_end(
                     yield rec
 
 
+# -- the enrolment log (one partition each: requests, and the state of accepted photos) ------
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    offset: int
+    key: bytes | None
+    value: bytes | None  # None: a tombstone
+
+    @property
+    def tombstone(self) -> bool:
+        return self.value is None
+
+
+@asynccontextmanager
+async def _partition_reader(
+    settings: Settings, topic: str
+) -> AsyncIterator[tuple[AIOKafkaConsumer, TopicPartition]]:
+    c = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_list,
+        **aiokafka_kwargs(settings.kafka.security),
+        enable_auto_commit=False,
+        fetch_max_wait_ms=200,
+        max_partition_fetch_bytes=settings.kafka.max_message_bytes,
+        fetch_max_bytes=settings.kafka.max_message_bytes,
+    )
+    await _started(c)
+    try:
+        await _partitions(c, topic)
+        tp = TopicPartition(topic, 0)
+        c.assign([tp])
+        yield c, tp
+    finally:
+        await c.stop()
+
+
+async def log_end(settings: Settings, topic: str) -> int:
+    """The end offset (next offset to be written) of a one-partition topic."""
+    async with _partition_reader(settings, topic) as (c, tp):
+        return (await c.end_offsets([tp]))[tp]
+
+
+async def read_log(
+    settings: Settings,
+    topic: str,
+    start: int = 0,
+    end: int | None = None,
+    idle_timeout_s: float = 60.0,
+) -> AsyncIterator[LogRecord]:
+    """The records of a one-partition topic from ``start`` up to ``end`` (default: its end
+    when the read starts), then stop; offsets may have gaps (compaction, retention).
+
+    No deadline on the whole read: the caller may spend any time on each record (a model
+    call). Only fetching that returns nothing for ``idle_timeout_s`` while the end is not
+    reached is an error (the broker is away, or the log lost records before ``end``)."""
+    async with _partition_reader(settings, topic) as (c, tp):
+        if end is None:
+            end = (await c.end_offsets([tp]))[tp]
+        if start >= end:
+            return
+        c.seek(tp, start)
+        idle = 0.0
+        while await c.position(tp) < end:
+            began = time.monotonic()
+            batch = (await c.getmany(tp, timeout_ms=500)).get(tp, [])
+            if not batch:
+                idle += time.monotonic() - began
+                if idle >= idle_timeout_s:
+                    raise TimeoutError(
+                        f"{topic}: no record for {idle_timeout_s:.0f}s at offset "
+                        f"{await c.position(tp)}, before its end {end}"
+                    )
+                continue
+            idle = 0.0
+            for rec in batch:
+                if rec.offset >= end:
+                    return
+                yield LogRecord(rec.offset, rec.key, rec.value)
+
+
+def live_records(records: Iterable[LogRecord]) -> dict[bytes, LogRecord]:
+    """What Kafka's compaction leaves of ``records`` (in log order): the last record of each
+    key, keys whose last record is a tombstone removed. Keyless records are dropped (a
+    compacted topic refuses them). The reader of a compacted topic applies this rule itself:
+    the log's head is not compacted yet (and Tansu never compacts)."""
+    last: dict[bytes, LogRecord] = {}
+    for rec in records:
+        if rec.key is None:
+            continue
+        last.pop(rec.key, None)  # re-inserted: dict order follows each key's last offset
+        if rec.value is not None:
+            last[rec.key] = rec
+    return last
+
+
 async def enrollment_records(settings: Settings, identity: str) -> list[dict[str, Any]]:
-    """What the enrolment log still holds under ``identity``'s key (photos are not shown)."""
+    """The requests the enrolment topic still holds under ``identity``'s key (photos are not
+    shown; the topic deletes them by time, ``streams.topics``)."""
     out = []
-    async for rec in read_to_end(settings, settings.topics.enrollments):
+    async for rec in read_log(settings, settings.topics.enrollments):
         if rec.key != identity.encode():
             continue
         row = {"offset": rec.offset, "tombstone": rec.value is None, "op": None, "photos": None}
         if rec.value is not None:
-            doc = json.loads(rec.value)
-            row |= {"op": doc.get("op"), "photos": len(doc.get("photos") or [])}
+            try:
+                doc = json.loads(rec.value)
+                row |= {"op": doc.get("op"), "photos": len(doc.get("photos") or [])}
+            except (ValueError, AttributeError, TypeError):
+                row["op"] = "unreadable"
         out.append(row)
     return out
+
+
+async def state_records(settings: Settings, identity: str) -> list[dict[str, Any]]:
+    """The state topic's records of ``identity``'s photos (photo bytes not shown): each with
+    ``live`` true when Kafka's compaction keeps it (the last record of its key, not a
+    tombstone). After an erasure every key's last record is a tombstone: nothing is live, and
+    compaction removes them all (``streams.topics``: within 24 h)."""
+    from streams.topics import state_topic
+
+    rows: list[dict[str, Any]] = []
+    last: dict[bytes, int] = {}
+    async for rec in read_log(settings, state_topic(settings)):
+        try:
+            owner, sha = split_state_key(rec.key or b"")
+        except ValueError:
+            continue
+        if owner != identity:
+            continue
+        row: dict[str, Any] = {
+            "offset": rec.offset,
+            "photo_sha256": sha,
+            "tombstone": rec.tombstone,
+        }
+        if rec.value is not None:
+            try:
+                row["photo"] = PhotoRecord.decode(rec.value).photo.name
+            except (ValueError, KeyError, TypeError):
+                row["photo"] = None
+        rows.append(row)
+        last[rec.key] = rec.offset
+    live = {offset for offset in last.values()}
+    for row in rows:
+        row["live"] = not row["tombstone"] and row["offset"] in live
+    return rows

@@ -1,8 +1,15 @@
-"""Enrolment requests and acknowledgements: the messages of the ``enrollments`` log.
+"""Enrolment requests and acknowledgements (the ``enrollments`` topic), and the records of
+accepted photos (the state topic, ``streams.topics.state_topic``).
 
 Enrolments are rare, atomic requests (all photos of a request are accepted or none), so one
 JSON record carries the photos, base64-encoded. The high-volume ``images`` topic carries raw
-bytes only. Records are keyed by identity so one person's changes stay in order.
+bytes only. Requests are keyed by identity so one person's changes stay in order.
+
+The requests topic is deleted by time (it holds refused photos too); what the gallery holds
+is recorded in the state topic, one ``PhotoRecord`` per accepted photo under the key
+``<identity>/<photo sha256>`` (``state_key``), and erased by a tombstone per key. Replaying
+the state topic after Kafka's compaction (last record per key; a tombstone removes its key)
+rebuilds the gallery: README, "The enrolment log".
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 REQUEST_SCHEMA = "facestream.enrollment/v1"
+STATE_SCHEMA = "facestream.gallery-state/v1"
 ACK_SCHEMA = "facestream.enrollment-ack/v1"
 
 
@@ -158,3 +166,74 @@ def ack(
         "model": model_id,
         **fields,
     }
+
+
+def state_key(identity: str, photo_sha256: str) -> str:
+    """The state topic's key of one accepted photo. A sha256 holds no "/", so the key splits
+    back at its last one (``split_state_key``) whatever the identity holds."""
+    return f"{identity}/{photo_sha256}"
+
+
+def split_state_key(key: bytes | str) -> tuple[str, str]:
+    """(identity, photo sha256) of a state key; ValueError for anything else."""
+    text = key.decode() if isinstance(key, bytes) else key
+    identity, sep, sha = text.rpartition("/")
+    if not sep or not identity or len(sha) != 64:
+        raise ValueError(f"not a state key: {text[:80]!r}")
+    return identity, sha
+
+
+@dataclass(frozen=True)
+class PhotoRecord:
+    """One accepted photo, as the state topic holds it: what a replay needs to enrol it again
+    (the photo itself, the person's name and legal basis) and where it came from."""
+
+    identity: str
+    photo: Photo
+    name: str | None = None
+    basis: str | None = None
+    request_id: str | None = None
+    model: str | None = None  # the model that accepted it (information: replays re-embed)
+
+    @property
+    def key(self) -> str:
+        return state_key(self.identity, self.photo.sha256)
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "schema": STATE_SCHEMA,
+                "identity": self.identity,
+                "name": self.name,
+                "basis": self.basis,
+                "request_id": self.request_id,
+                "model": self.model,
+                "photo": {
+                    "name": self.photo.name,
+                    "sha256": self.photo.sha256,
+                    "data": base64.b64encode(self.photo.data).decode(),
+                },
+            }
+        ).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PhotoRecord:
+        """Raises ValueError for a record this version cannot read, or whose photo does not
+        match its recorded sha256."""
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or doc.get("schema") != STATE_SCHEMA:
+            raise ValueError("not a gallery-state record")
+        p = doc["photo"]
+        photo = Photo(p["name"], base64.b64decode(p["data"], validate=True))
+        if photo.sha256 != p["sha256"]:
+            raise ValueError(f"photo {p['name']!r}: bytes do not match the recorded sha256")
+        return cls(
+            doc["identity"], photo, doc.get("name"), doc.get("basis"),
+            doc.get("request_id"), doc.get("model"),
+        )  # fmt: skip
+
+    @classmethod
+    def of_request(cls, req: EnrollmentRequest, model: str | None) -> list[PhotoRecord]:
+        return [
+            cls(req.identity, p, req.name, req.basis, req.request_id, model) for p in req.photos
+        ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Callable, Hashable
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -58,12 +60,49 @@ LAG = Gauge(
     "Records behind the end of the partition",
     ["topic", "partition"],
 )
+STALLED = Gauge(
+    "facestream_partition_stalled",
+    "1 while the partition has lag and no image of it finished for the stall threshold",
+    ["topic", "partition"],
+)
+# A partition is stalled when records wait (lag > 0) and none of them finished for this long.
+# Far above a batch's time (batch.wait_ms + model time: well under a few seconds), below the
+# alert's patience (infra/prometheus/rules/alerts.yml: FacestreamPartitionStalled).
+STALL_AFTER_S = 60.0
+STALL_AFTER = Gauge(
+    "facestream_stall_threshold_seconds", "Seconds without progress, with lag, that mean stalled"
+)
 IN_FLIGHT = Gauge("facestream_in_flight_images", "Images taken from Kafka and not yet published")
 GALLERY_SIZE = Gauge("facestream_gallery_embeddings", "Embeddings in the current gallery")
 MODEL_INFO = Gauge(
     "facestream_model_info", "The model in use (value 1)", ["model_id", "provider", "gpu_requested"]
 )
 WORKER_UP = Gauge("facestream_worker_up", "1 while this worker runs", ["worker"])
+
+
+class PartitionProgress:
+    """Per partition: how far behind its end, and whether it is stalled (behind, and its
+    finished position has not moved for ``stall_after_s``)."""
+
+    def __init__(self, stall_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_after_s, self.clock = stall_after_s, clock
+        self._last: dict[Hashable, tuple[int, float]] = {}  # position, when it last moved
+
+    def update(self, tp: Hashable, end: int, position: int) -> tuple[int, bool]:
+        """``end``: the partition's end offset; ``position``: the next offset to finish.
+        Returns (lag, stalled)."""
+        now = self.clock()
+        before = self._last.get(tp)
+        if before is None or position != before[0]:
+            self._last[tp] = (position, now)
+            moved_at = now
+        else:
+            moved_at = before[1]
+        behind = max(end - position, 0)
+        return behind, behind > 0 and now - moved_at >= self.stall_after_s
+
+    def forget(self, tp: Hashable) -> None:
+        self._last.pop(tp, None)
 
 
 class SourceLabels:
@@ -103,5 +142,6 @@ def _create_known_series() -> None:
 def serve(host: str, port: int) -> None:
     """Expose this process's metrics over HTTP (a daemon thread)."""
     _create_known_series()
+    STALL_AFTER.set(STALL_AFTER_S)
     start_http_server(port, addr=host)
     WORKER_UP.labels(worker=f"{socket.gethostname()}:{port}").set(1)

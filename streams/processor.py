@@ -7,6 +7,7 @@ return. All compute goes through ``core.compute.Compute`` (the Ray actors, in a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,15 @@ from core.imaging import ImageRejected, Reason, check_size
 from core.quality import assess
 from core.settings import Settings
 from streams import observe
-from streams.enrollment import EnrollmentReason, EnrollmentRequest, MalformedRequest, Photo, ack
+from streams.enrollment import (
+    EnrollmentReason,
+    EnrollmentRequest,
+    MalformedRequest,
+    Photo,
+    PhotoRecord,
+    ack,
+    state_key,
+)
 from streams.records import ImageMessage
 
 log = logging.getLogger(__name__)
@@ -115,27 +124,50 @@ class ImageProcessor:
         )
 
 
+StateRecord = tuple[str, bytes | None]  # key, value (None: a tombstone) on the state topic
+Publish = Callable[[list[StateRecord]], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class EnrollmentResult:
     ack: dict[str, Any]
     audit: dict[str, Any]
-    tombstone: str | None = None  # erase this key's enrolment records from the log
+    tombstone: str | None = None  # the identity erased (its state keys are in ``state``)
+    # The state topic's records this request wrote (already published when the processor has
+    # a ``publish``): one per accepted photo, or a tombstone per erased photo key.
+    state: tuple[StateRecord, ...] = ()
 
 
 class EnrollmentProcessor:
-    """Applies the enrolment log to the gallery: enrolments (all photos or none) and erasures."""
+    """Applies enrolment requests to the gallery: enrolments (all photos or none) and
+    erasures, and keeps the state topic (the gallery's source of truth) in step.
 
-    def __init__(self, settings: Settings, compute: Compute) -> None:
+    Order, so that a reindex can fence the gallery's writes without losing one (README, "The
+    enrolment log"): the photos pass the gates; their state records are published
+    (``publish``); only then is the gallery written; the agent acks after that. A gallery
+    write that fails after its records went out is compensated: the records of photos the
+    gallery does not hold are tombstoned. An erasure tombstones every key of the person
+    found in any gallery generation (``show``), then deletes the person everywhere.
+    """
+
+    def __init__(
+        self, settings: Settings, compute: Compute, publish: Publish | None = None
+    ) -> None:
         self.compute = compute
         self.model_id = compute.model_id
         self.gates = settings.quality.enrol
         self.search_gates = settings.quality.search
         self.require_basis = settings.privacy.require_basis
+        self.publish = publish
+
+    async def _publish(self, records: list[StateRecord]) -> None:
+        if records and self.publish is not None:
+            await self.publish(records)
 
     async def process(self, raw: bytes | None, key: bytes | None = None) -> EnrollmentResult | None:
         """Never raises: every record but a tombstone yields an acknowledgement."""
         if raw is None:
-            return None  # a tombstone: nothing to apply
+            return None  # a tombstone (older deployments compacted this topic): nothing to do
         try:
             req = EnrollmentRequest.decode(raw, key)
         except MalformedRequest as exc:
@@ -144,20 +176,28 @@ class EnrollmentProcessor:
             error = {"reason": EnrollmentReason.BAD_REQUEST, "message": message, "photo": None}
             reply = ack(exc.request_id or "", None, "unknown", model_id=self.model_id, error=error)
             return EnrollmentResult(reply, audit.gallery_change(reply, None, []))
+        state: list[StateRecord] = []
         try:
             if req.op == "delete":
                 return await self._erase(req)
-            reply = await self._enroll(req)
+            reply, state = await self._enroll(req)
         except Exception as exc:  # the compute side still failed after its retries
             log.exception("enrolment %s failed", req.request_id)
             error = {"reason": Reason.PROCESSING_FAILED, "message": one_line(exc), "photo": None}
             reply = ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
         photos = [p.name for p in req.photos]
-        return EnrollmentResult(reply, audit.gallery_change(reply, req.basis, photos))
+        return EnrollmentResult(
+            reply, audit.gallery_change(reply, req.basis, photos), state=tuple(state)
+        )
 
     async def _erase(self, req: EnrollmentRequest) -> EnrollmentResult:
-        """Every vector and payload of the person, then (by tombstone) the enrolment records."""
+        """Tombstones for every photo key of the person, then every vector and payload."""
         stored = await self.compute.show(req.identity)
+        keys = sorted(
+            {state_key(req.identity, p["photo_sha256"]) for p in stored if p.get("photo_sha256")}
+        )
+        tombstones: list[StateRecord] = [(k, None) for k in keys]
+        await self._publish(tombstones)
         removed = await self.compute.delete(req.identity)
         photos = sorted({p["photo"] for p in stored})
         reply = ack(
@@ -168,13 +208,19 @@ class EnrollmentProcessor:
             removed=removed,
             photos=photos,
             tombstoned=True,
+            tombstones=len(tombstones),
         )
         basis = next((p.get("basis") for p in stored), None)
-        return EnrollmentResult(reply, audit.gallery_change(reply, basis, photos), req.identity)
+        return EnrollmentResult(
+            reply,
+            audit.gallery_change(reply, basis, photos),
+            req.identity,
+            tuple(tombstones),
+        )
 
-    def _subject(self, photo: Photo, result: ImageFaces | ImageRejected) -> int | tuple:
+    def subject(self, photo: Photo, result: ImageFaces | ImageRejected) -> int | tuple:
         """The index of the face that defines the person in ``photo``, or (reason, message)
-        when the photo cannot define one."""
+        when the photo cannot define one: the enrolment gates (reindex applies them too)."""
         if isinstance(result, ImageRejected):
             return result.reason, result.message
         try:
@@ -188,10 +234,13 @@ class EnrollmentProcessor:
             return why[0], f"{photo.name}: face fails the enrolment gates: {detail}"
         return index
 
-    async def _enroll(self, req: EnrollmentRequest) -> dict[str, Any]:
-        def refuse(reason: str, message: str, photo: str | None = None) -> dict[str, Any]:
+    async def _enroll(self, req: EnrollmentRequest) -> tuple[dict[str, Any], list[StateRecord]]:
+        def refuse(
+            reason: str, message: str, photo: str | None = None
+        ) -> tuple[dict[str, Any], list[StateRecord]]:
             error = {"reason": reason, "message": message, "photo": photo}
-            return ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
+            reply = ack(req.request_id, req.identity, req.op, model_id=self.model_id, error=error)
+            return reply, []
 
         if self.require_basis and not req.basis:
             return refuse(
@@ -202,14 +251,21 @@ class EnrollmentProcessor:
         results = await self.compute.analyze([p.data for p in req.photos])
         subjects = []
         for photo, result in zip(req.photos, results, strict=True):
-            subject = self._subject(photo, result)
+            subject = self.subject(photo, result)
             if isinstance(subject, tuple):
                 return refuse(*subject, photo.name)
             subjects.append(result.embeddings[subject])
         embeddings = np.stack(subjects)
         photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
-        await self.compute.add(req.identity, req.name, embeddings, photos, req.basis)
-        return ack(
+        records = PhotoRecord.of_request(req, self.model_id)
+        state: list[StateRecord] = [(r.key, r.encode()) for r in records]
+        await self._publish(state)  # before the gallery write: see the class docstring
+        try:
+            await self.compute.add(req.identity, req.name, embeddings, photos, req.basis)
+        except Exception:
+            await self._compensate(req)
+            raise
+        reply = ack(
             req.request_id,
             req.identity,
             req.op,
@@ -217,3 +273,21 @@ class EnrollmentProcessor:
             photos=len(photos),
             basis=req.basis,
         )
+        return reply, state
+
+    async def _compensate(self, req: EnrollmentRequest) -> None:
+        """The gallery write failed after the state records went out: tombstone those of the
+        photos the gallery does not hold (an earlier enrolment's photo stays recorded)."""
+        if self.publish is None:
+            return
+        try:
+            held = {p.get("photo_sha256") for p in await self.compute.show(req.identity)}
+            await self._publish(
+                [
+                    (state_key(req.identity, p.sha256), None)
+                    for p in req.photos
+                    if p.sha256 not in held
+                ]
+            )
+        except Exception:
+            log.exception("enrolment %s: could not tombstone its state records", req.request_id)
