@@ -63,7 +63,14 @@ def model_actor_names(settings: Settings) -> list[str]:
     return [f"{settings.kafka.app_id}-model-{i}" for i in range(settings.ray.model_replicas)]
 
 
-__all__ = ["Actors", "connect_ray", "ensure_actors", "find_gallery", "gallery_actor_name"]
+__all__ = [
+    "Actors",
+    "connect_ray",
+    "ensure_actors",
+    "ensure_gallery",
+    "find_gallery",
+    "gallery_actor_name",
+]
 
 
 def recorded_placement(settings: Settings) -> dict[str, Any] | None:
@@ -87,17 +94,15 @@ def recorded_placement(settings: Settings) -> dict[str, Any] | None:
 
 def gallery_node(settings: Settings, placement: dict[str, Any] | None) -> str | None:
     """The Ray node the gallery actor must run on: the recorded node while it is alive, else
-    an alive node at the same address or host name (that machine's Ray restarted: the disk
-    is still there), else the recorded node anyway (dead: the actor cannot be scheduled, the
-    workers wait and FacestreamGalleryUnavailable fires: never an empty gallery elsewhere).
-    None: nothing recorded, so Ray places it (here: the worker's own node)."""
+    an alive node at the same address (that machine's Ray restarted: the disk is still
+    there), else the recorded node anyway (dead: the actor cannot be scheduled, the workers
+    wait and FacestreamGalleryUnavailable fires: never an empty gallery elsewhere). Not the
+    host name: the nodes of one machine share it. A machine whose address changed: edit
+    ``placement.json``. None: nothing recorded, so Ray places it (the worker's own node)."""
     if placement is None:
         return None
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    for node in alive:
-        if node.get("NodeID") == placement.get("node_id"):
-            return node["NodeID"]
-    for key, field in (("node_ip", "NodeManagerAddress"), ("hostname", "NodeManagerHostname")):
+    for key, field in (("node_id", "NodeID"), ("node_ip", "NodeManagerAddress")):
         for node in alive:
             if placement.get(key) and node.get(field) == placement[key]:
                 return node["NodeID"]
@@ -141,18 +146,25 @@ def ensure_actors(settings: Settings) -> Actors:
         for name in model_actor_names(settings)
     ]
     info = ray.get(models[0].info.remote())
-    gallery = GalleryActor.options(
-        name=gallery_actor_name(settings, info["model_id"]),
+    gallery = ensure_gallery(settings, info["model_id"], info["embedding_dim"])
+    ray.get(gallery.info.remote())  # surfaces a model mismatch or lock error now, not later
+    log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])
+    return Actors(models, gallery, info["model_id"], info["embedding_dim"], info["providers"])
+
+
+def ensure_gallery(settings: Settings, model_id: str, embedding_dim: int) -> Any:
+    """The gallery actor of ``model_id``, created (on its pinned node) when there is none:
+    also after Ray gave up on it because its node was gone (it cannot be placed elsewhere),
+    so that the node's return brings it back."""
+    return GalleryActor.options(
+        name=gallery_actor_name(settings, model_id),
         get_if_exists=True,
         lifetime="detached",
         num_cpus=0,
         max_restarts=-1,
         max_task_retries=0,  # RayCompute retries transient failures itself
         scheduling_strategy=_gallery_strategy(settings),
-    ).remote(shipped, info["model_id"], info["embedding_dim"])
-    ray.get(gallery.info.remote())  # surfaces a model mismatch or lock error now, not later
-    log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])
-    return Actors(models, gallery, info["model_id"], info["embedding_dim"], info["providers"])
+    ).remote(settings.without_secrets(), model_id, embedding_dim)
 
 
 def find_gallery(settings: Settings, model_id: str) -> Any:

@@ -14,9 +14,15 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayError, RayTaskError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnschedulableError,
+    RayActorError,
+    RayError,
+    RayTaskError,
+)
 
-from actors.cluster import Actors
+from actors.cluster import Actors, ensure_gallery
 from actors.gallery import Gallery
 from actors.models import FaceModel
 from core.errors import PermanentError, TransientError, is_transient, one_line
@@ -152,10 +158,17 @@ class RayCompute(GalleryCalls):
             retry_if=is_transient,
         )
 
+    def _gallery_failed(self, exc: Exception) -> None:
+        self._on_failure("gallery", _actor_restarting(exc))
+        if isinstance(exc.__cause__, ActorDiedError | ActorUnschedulableError):
+            # Ray gave up on it (its pinned node was gone): ask for it again, so that it comes
+            # back when the node does, instead of calling a dead handle for ever.
+            self.actors.gallery = ensure_gallery(self.settings, self.model_id, self.embedding_dim)
+
     async def _gallery(self, method: str, *args: Any) -> Any:
         return await retry(
             lambda: _awaited(self.actors.gallery.call.remote(method, *args)),
-            on_failure=lambda exc: self._on_failure("gallery", _actor_restarting(exc)),
+            on_failure=self._gallery_failed,
             what=f"gallery {method}",
             attempts=None,
             backoff_s=self.settings.retry.backoff_s,

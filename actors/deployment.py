@@ -170,7 +170,8 @@ class GalleryActor:
     - ``show`` and ``delete`` reach every generation of every model (an erasure leaves no
       generation holding the person): the others through their owner actor when one runs,
       else opened here; one that another process holds (a reindex building it) applies the
-      erasure itself, from the state topic's tombstones.
+      erasure itself, from the state topic's tombstones. ``delete`` also removes the
+      sightings that match the person's photos (``_erase_sightings``).
 
     Its settings arrive without secrets (``Settings.without_secrets()``): the Qdrant API key
     of the server backend is read from this process's environment,
@@ -316,7 +317,23 @@ class GalleryActor:
             rows += [{**p, "gallery": generation.name, "current": current} for p in found]
         return rows
 
+    def _erase_sightings(self, identity: str) -> int:
+        """The sightings that match one of ``identity``'s photos at the match threshold: they
+        may be the person's face seen before the enrolment. Runs before the gallery deletes
+        the person, since their vectors are the only way to find these (and a retried
+        erasure then finds them again); until that deletion their face is matched, never
+        kept as a sighting. Returns how many were removed."""
+        if self.sightings is None:
+            return 0
+        removed = self.sightings.erase_near(
+            self.gallery.vectors(identity), self.settings.matching.threshold
+        )
+        if removed:  # a count only: identities stay out of the logs
+            log.info("erasure: %d sighting(s) removed with the person", removed)
+        return removed
+
     def _delete(self, identity: str) -> int:
+        self._erase_sightings(identity)
         return sum(removed for _, removed in self._everywhere("delete", identity))
 
     # -- what workers and tools call -------------------------------------------------------
@@ -360,6 +377,8 @@ class GalleryActor:
             if generation != self.generation.number:
                 raise GalleryError(f"this actor serves {self.generation.name}")
             with self._rw.read():
+                if method == "delete":  # this model's sightings are this actor's
+                    self._erase_sightings(*args)
                 return getattr(self.gallery, method)(*args)
 
     def fence(self, lease_s: float, token: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Dynamic batching: the same pipeline at several ``batch.size`` / ``batch.wait_ms``.
 
     python -m bench.batching [--configs 1:50,4:50,8:50,16:50,32:100] [--images 120]
-                             [--fetch-wait-ms 100]
+                             [--fetch-wait-ms 20]
 
 For each setting, one fresh embedded stack (the worker reads its batch settings at start):
 sustained images/s at saturation, the bare models at the same batch size right before it
@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.common import describe_machine, emit_json, log, print_table, sample_photos
 from bench.flow import (
-    fetch_wait_env,
+    fetch_wait_overrides,
     images_for,
     latency,
     running_stack,
@@ -38,7 +38,7 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = round_parser(__doc__, "cap the worker's Kafka fetch wait (see bench/worker_patches/)")
+    parser = round_parser(__doc__, "the worker's Kafka fetch wait, ms; default: the profile's")
     parser.add_argument("--configs", default="1:50,4:50,8:50,16:50,32:100")
     parser.add_argument("--light-seconds", type=float, default=8.0, help="light-load run")
     args = parser.parse_args(argv)
@@ -47,15 +47,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = describe_machine()
     photos = sample_photos()
     model = warm_model(base, photos)
-    worker_env = fetch_wait_env(args.fetch_wait_ms) if args.fetch_wait_ms is not None else None
+    fetch_wait = fetch_wait_overrides(args.fetch_wait_ms)
 
     rows: list[list[Any]] = []
     results: list[dict[str, Any]] = []
     for size, wait_ms in parse_configs(args.configs):
         tag = f"b{size}w{wait_ms}"
         log(f"{tag}: starting a stack with batch.size={size}, batch.wait_ms={wait_ms}...")
-        overrides = {"batch__size": size, "batch__wait_ms": wait_ms}
-        with running_stack(base, worker_env=worker_env, **overrides) as running:
+        overrides = {"batch__size": size, "batch__wait_ms": wait_ms, **fetch_wait}
+        with running_stack(base, **overrides) as running:
             warm_up(running, photos)
             measured = run_round(model, running, photos, args.images, tag)
             n = max(8, int(LIGHT_RATE * args.light_seconds))
@@ -81,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             }
         )
 
-    fetch = f"{args.fetch_wait_ms} ms (capped)" if worker_env else "1500 ms (Faust default)"
+    fetch_ms = base.tuning.fetch_max_wait_ms if args.fetch_wait_ms is None else args.fetch_wait_ms
+    fetch = f"{fetch_ms} ms" + (" (the profile's)" if args.fetch_wait_ms is None else "")
     light = f"{LIGHT_RATE:.0f}/s"
     print_table(
         f"dynamic batching ({args.images} images per run; worker fetch wait {fetch})",
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         {
             "machine": info,
             "images_per_run": args.images,
-            "fetch_max_wait_ms": args.fetch_wait_ms,
+            "fetch_max_wait_ms": fetch_ms,
             "configs": results,
         },
     )

@@ -77,13 +77,10 @@ def enrolment_request(identity: str, photo: Path) -> EnrollmentRequest:
     return EnrollmentRequest("enroll", identity, None, photos, basis=BASIS)
 
 
-PATCHES = Path(__file__).parent / "worker_patches"
-
-
-def fetch_wait_env(max_wait_ms: int) -> dict[str, str]:
-    """Worker environment that caps its Kafka fetch wait (see worker_patches/)."""
-    path = os.pathsep.join(p for p in (str(PATCHES), os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "FSBENCH_FETCH_MAX_WAIT_MS": str(max_wait_ms)}
+def fetch_wait_overrides(max_wait_ms: int | None) -> dict[str, object]:
+    """``running_stack`` overrides for a worker whose Kafka fetch waits ``max_wait_ms`` (the
+    ``kafka.tuning.fetch_max_wait_ms`` setting); none: the profile's own."""
+    return {} if max_wait_ms is None else {"kafka__tuning__fetch_max_wait_ms": max_wait_ms}
 
 
 @contextmanager

@@ -469,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = point_rows(data)
     genuine_q = data.query_owner >= 0
 
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="facestream-gallery-bench-", dir=args.dir))
     figures: dict[str, Any] = {"machine": info, "points": args.points}
     try:

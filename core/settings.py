@@ -212,6 +212,28 @@ class ModelSettings(Group):
     max_faces_per_image: Count = Field(
         64, description="Faces embedded per image, largest first: bounds memory and time."
     )
+    # "auto" rather than a bool: the right value depends on where the detector runs, which
+    # is only known once its session is open (the providers may fall back to CPU).
+    batched_detection: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="One detector call for the images of a batch (letterboxed to det_size)"
+        " instead of one per image; `auto`: on when the detector runs on an accelerator, off"
+        " on CPU, where it was slower (BENCHMARKS.md).",
+    )
+    decode_threads: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Threads per model replica decoding a batch's images while the model runs"
+        " (0: decode in the model's thread).",
+    )
+    decode_budget_mib: int = Field(
+        256,
+        ge=16,
+        le=65536,
+        description="Decoded pixels one batch holds at once, MiB, at most (an image larger than"
+        " half of it is decoded alone).",
+    )
 
 
 class ImageLimits(Group):
@@ -362,6 +384,12 @@ class PrivacySettings(Group):
         description='Enrolment must name its legal basis (e.g. "consent:form-2026-118");'
         " false waives it, an explicit decision.",
     )
+    allow_duplicate_faces: bool = Field(
+        False,
+        description="Enrol a photo whose face matches another enrolled identity at or above"
+        " `matching.threshold` (a second record of one person); false refuses it"
+        " (`duplicate_identity`). Reported in the acknowledgement either way.",
+    )
 
 
 class SightingsSettings(Group):
@@ -395,6 +423,14 @@ class MetricsSettings(Group):
     port: Port = Field(9464, description="Port of the metrics endpoint.")
     max_sources: Count = Field(
         100, description='Distinct `source` label values; the rest count as "other".'
+    )
+    stall_after_s: float = Field(
+        60.0,
+        ge=1.0,
+        le=3600.0,
+        description="Seconds with lag and no finished image after which a partition reports"
+        " stalled (`facestream_partition_stalled`): far above a batch's time, below the alert's"
+        " patience.",
     )
     prometheus_url: str = Field(
         "http://127.0.0.1:9090",

@@ -60,6 +60,12 @@ def _explained(exc: Exception) -> str | None:
     """What the commonest failures mean for the person at the terminal."""
     from aiokafka.errors import KafkaConnectionError
 
+    from core.errors import one_line
+
+    cause = getattr(exc, "cause", None)  # Ray's wrapper of an actor's own exception
+    if isinstance(cause, Exception):
+        return _explained(cause) or one_line(cause)
+
     if isinstance(exc, KafkaConnectionError):
         return "cannot reach the Kafka broker (FACESTREAM_KAFKA__BOOTSTRAP_SERVERS): is it up?"
     if isinstance(exc, TimeoutError) and str(exc):
@@ -254,6 +260,15 @@ def worker() -> None:
             ),
         }
     )
+    if settings.ray.address is None:  # this worker would start a Ray of its own
+        from facestream.offline import running_owner
+
+        if owner := running_owner(settings):
+            raise click.ClickException(
+                f"the gallery at {settings.gallery.path} is served by another running"
+                f" facestream (pid {owner['pid']}): stop it, or give this worker its own"
+                " FACESTREAM_GALLERY__PATH"
+            )
     run_worker(settings)
 
 
@@ -276,29 +291,173 @@ def produce(paths: tuple[str, ...], source: str) -> None:
 
 
 @main.command()
-@click.argument("identity")
-@click.argument("images", nargs=-1, required=True)
-@click.option("--name", default=None, help="display name")
+@click.argument("identity", metavar="IDENTITY|SOURCE")
+@click.argument("images", nargs=-1, metavar="[PHOTO]...")
+@click.option("--name", default=None, help="display name (one person)")
 @click.option(
     "--basis",
     default=None,
-    help='legal basis: a consent reference or legal ground, e.g. "consent:form-118"',
+    help='legal basis: a consent reference or legal ground, e.g. "consent:form-118"'
+    " (SOURCE: for every photo without its own)",
 )
-@click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for the ack")
+@click.option("--timeout", default=120.0, show_default=True, help="seconds to wait for an ack")
+@click.option("--batch", default=8, show_default=True, help="SOURCE: photos per request")
+@click.option("--in-flight", default=4, show_default=True, help="SOURCE: requests in flight")
+@click.option("--journal", type=click.Path(path_type=Path), help="SOURCE: the progress journal")
+@click.option("--retry-refused", is_flag=True, help="SOURCE: send refused photos again")
+@click.option("--json", "as_json", is_flag=True, help="SOURCE: end with a JSON summary line")
 def enroll(
-    identity: str, images: tuple[str, ...], name: str | None, basis: str | None, timeout: float
+    identity: str,
+    images: tuple[str, ...],
+    name: str | None,
+    basis: str | None,
+    timeout: float,
+    batch: int,
+    in_flight: int,
+    journal: Path | None,
+    retry_refused: bool,
+    as_json: bool,
 ) -> None:
-    """Enrol IDENTITY from photos holding exactly one face each."""
+    """Enrol IDENTITY from PHOTOs holding exactly one face each; or everyone in SOURCE: a
+    folder with one subfolder per person (its name is the identity) or a CSV manifest with
+    the columns identity,name,photo,basis (photo paths relative to the manifest).
+
+    SOURCE is sent in batches with a progress bar; each outcome is journaled (--journal,
+    default in the cache dir), so a rerun of the same command after Ctrl-C or a crash
+    resumes: nothing is enrolled twice, nothing is left out. A photo whose face matches
+    another enrolled identity is refused (duplicate_identity) unless
+    FACESTREAM_PRIVACY__ALLOW_DUPLICATE_FACES=true.
+    """
+    from facestream.bulk_enroll import is_bulk_source
+
+    settings = _settings()
+    if settings.privacy.require_basis and not basis and not identity.lower().endswith(".csv"):
+        raise click.UsageError("--basis is required (FACESTREAM_PRIVACY__REQUIRE_BASIS=true)")
+    if images:
+        _enroll_one(settings, identity, images, name, basis, timeout)
+        return
+    source = Path(identity)
+    if not is_bulk_source(source):
+        raise click.UsageError(
+            f"no photos given for {identity!r}, and it is no folder or .csv manifest"
+        )
+    if name is not None:
+        raise click.UsageError("--name names one person; a manifest has a name column")
+    _enroll_bulk(
+        settings, source, basis, timeout, batch, in_flight, journal, retry_refused, as_json
+    )
+
+
+def _enroll_one(
+    settings: Settings,
+    identity: str,
+    images: tuple[str, ...],
+    name: str | None,
+    basis: str | None,
+    timeout: float,
+) -> None:
     from streams.clients import request_enrollment
     from streams.enrollment import EnrollmentRequest, Photo
 
-    settings = _settings()
-    if settings.privacy.require_basis and not basis:
-        raise click.UsageError("--basis is required (FACESTREAM_PRIVACY__REQUIRE_BASIS=true)")
     photos = tuple(Photo(p.name, p.read_bytes()) for p in _image_files(images))
     request = EnrollmentRequest("enroll", identity, name, photos, basis=basis)
     reply = asyncio.run(request_enrollment(settings, request, timeout))
     _print_ack(reply)
+
+
+def _enroll_bulk(
+    settings: Settings,
+    source: Path,
+    basis: str | None,
+    timeout: float,
+    batch: int,
+    in_flight: int,
+    journal_file: Path | None,
+    retry_refused: bool,
+    as_json: bool,
+) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from facestream.bulk_enroll import BulkError, Journal, journal_path, plan, send_all
+
+    try:
+        todo = plan(source, basis)
+    except BulkError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in todo.skipped:
+        console.print(f"[yellow]skipped[/] {line}")
+    if settings.privacy.require_basis and (missing := [e for e in todo.entries if not e.basis]):
+        raise click.UsageError(
+            f"{len(missing)} photo(s) without a basis (first: {missing[0].path}): give --basis "
+            "or fill the manifest's basis column (FACESTREAM_PRIVACY__REQUIRE_BASIS=true)"
+        )
+    path = journal_file or journal_path(settings, source)
+    journal = Journal(path)
+    console.print(f"enrolling {len(todo.entries)} photo(s) from {source}; journal {path}")
+    columns = (TextColumn("enrolling"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn())
+    try:
+        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+            task = bar.add_task("enrolling", total=len(todo.entries))
+            last_line = [0.0]
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                now = time.monotonic()
+                if not console.is_terminal and now - last_line[0] >= 1.0:
+                    last_line[0] = now  # a log, not a terminal: one line a second at most
+                    done = int(bar.tasks[0].completed)
+                    click.echo(f"enroll: {done}/{len(todo.entries)}", err=True)
+
+            summary = asyncio.run(
+                send_all(
+                    settings, todo.entries, journal, batch=batch, in_flight=in_flight,
+                    timeout_s=timeout, retry_refused=retry_refused, advance=advance,
+                )
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        click.echo(f"enroll: interrupted; rerun the same command to resume ({path})", err=True)
+        sys.exit(130)
+    finally:
+        journal.close()
+    _print_bulk_summary(summary.as_dict(), as_json)
+
+
+def _print_bulk_summary(summary: dict, as_json: bool) -> None:
+    for row in summary["refused"]:
+        matched = f" (matches {row['matches']})" if row.get("matches") else ""
+        console.print(f"[red]refused[/] {row['path']}: {row['reason']}{matched}")
+    for row in summary["duplicates"]:
+        console.print(
+            f"[yellow]enrolled as {row['identity_enrolled']}, though it matches[/] "
+            f"{row['identity']} {row['similarity']:.2f}: {row['path']}"
+        )
+    for line in summary["unreadable"]:
+        console.print(f"[yellow]skipped[/] {line}")
+    rate = summary["enrolled"] / summary["seconds"] if summary["seconds"] else 0.0
+    shown = {
+        "photos": summary["photos"],
+        "enrolled now": summary["enrolled"],
+        "already enrolled": summary["already_enrolled"],
+        "refused": len(summary["refused"]),
+        "unreadable": len(summary["unreadable"]),
+        "seconds": summary["seconds"],
+        "photos/s": round(rate, 1),
+    }
+    console.print(kv_table("bulk enrolment", shown))
+    if as_json:
+        click.echo(json.dumps(summary))
+    if summary["refused"] or summary["unreadable"]:
+        retry = f"; {summary['not_done']} to retry: rerun" if summary["not_done"] else ""
+        raise click.ClickException(
+            f"{len(summary['refused'])} photo(s) refused, {len(summary['unreadable'])} "
+            f"unreadable, of {summary['photos']}{retry}"
+        )
 
 
 def _print_ack(reply: dict) -> None:

@@ -241,14 +241,18 @@ class RayNode(ChildProcess):
         "runtime-env-agent-port",
     )
 
-    def __init__(self, head: RayHead, log_path: Path, num_cpus: int = 1) -> None:
+    def __init__(
+        self, head: RayHead, log_path: Path, num_cpus: int = 1, ip: str = "127.0.0.1"
+    ) -> None:
+        """``ip``: any loopback address (127.x.y.z), so that nodes of one machine can have
+        addresses of their own, as the machines of a real cluster do."""
         self.ports = {flag: free_port() for flag in self.PORT_FLAGS}
         cmd = [
             _venv_binary("ray"),
             "start",
             f"--address={head.address}",
             "--block",
-            "--node-ip-address=127.0.0.1",
+            f"--node-ip-address={ip}",
             f"--num-cpus={num_cpus}",
             "--disable-usage-stats",
             *(f"--{flag}={port}" for flag, port in self.ports.items()),
@@ -340,10 +344,10 @@ class EmbeddedStack:
         self.workers.append(worker)
         return worker
 
-    def add_ray_node(self, name: str, num_cpus: int = 1) -> RayNode:
+    def add_ray_node(self, name: str, num_cpus: int = 1, ip: str = "127.0.0.1") -> RayNode:
         if self.ray_head is None:
             raise RuntimeError("a Ray node joins the shared Ray head: start with shared_ray=True")
-        node = RayNode(self.ray_head, self.run_dir / f"{name}.log", num_cpus)
+        node = RayNode(self.ray_head, self.run_dir / f"{name}.log", num_cpus, ip)
         self.ray_nodes.append(node)
         return node
 

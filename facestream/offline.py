@@ -103,6 +103,25 @@ def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
         return reader.call(method, *args)
 
 
+def running_owner(settings: Settings) -> dict[str, Any] | None:
+    """The live process of this machine that owns the current edge gallery (its owner.json,
+    written by the gallery actor), if any: a second deployment must not open it too."""
+    import psutil
+
+    from actors.gallery import current_generation
+    from actors.gallery.edge import OWNER_FILE
+
+    current = None if settings.gallery.backend != "edge" else current_generation(settings)
+    if current is None:
+        return None
+    owner_file = gallery_folder(settings, current.model_id, current.number) / OWNER_FILE
+    try:
+        owner = json.loads(owner_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return owner if psutil.pid_exists(int(owner.get("pid", -1))) else None
+
+
 def _owner_address(settings: Settings, model_id: str) -> str | None:
     """The Ray cluster whose gallery actor owns the current gallery, if any."""
     from actors.gallery.edge import OWNER_FILE

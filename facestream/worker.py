@@ -24,7 +24,9 @@ def run_worker(settings: Settings) -> None:
     actors = ensure_actors(settings)
     if settings.metrics.enabled:
         try:
-            metrics.serve(settings.metrics.host, settings.metrics.port)
+            metrics.serve(
+                settings.metrics.host, settings.metrics.port, settings.metrics.stall_after_s
+            )
         except OSError as exc:  # a worker must not die for its metrics
             log.error(
                 "metrics endpoint %s:%d unavailable: %s",

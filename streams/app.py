@@ -7,6 +7,7 @@ outcomes are keyed by image id so consumers can drop the duplicates a replay pro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -23,6 +24,8 @@ from streams.records import image_message
 from streams.security import faust_credentials
 
 log = logging.getLogger(__name__)
+
+GAUGE_WAIT_S = 2.0  # the gauges tick waits this long for the gallery size, no longer
 
 
 def faust_config(settings: Settings) -> dict[str, Any]:
@@ -97,7 +100,8 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
             ]
             metrics.IN_FLIGHT.inc(len(messages))
             try:
-                outcomes = await image_processor.process(messages)
+                consumed = [e.message.time_in for e in events]  # Faust's Monitor stamps it
+                outcomes = await image_processor.process(messages, consumed)
                 with observe.stage("publish"):
                     await deliver(
                         [
@@ -161,7 +165,7 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
             sends = [(audit, reply["identity"] or "", encode(result.audit))]
             await deliver([*sends, (acks, reply["request_id"], encode(reply))])
 
-    progress = metrics.PartitionProgress(metrics.STALL_AFTER_S)
+    progress = metrics.PartitionProgress(settings.metrics.stall_after_s)
 
     @app.timer(interval=5.0)
     async def gauges() -> None:
@@ -188,7 +192,10 @@ def create_app(settings: Settings, compute: Compute) -> faust.App:
                         gauge.remove(tp.topic, str(tp.partition))
             reported.clear()
             reported.update(assigned)
-            metrics.GALLERY_SIZE.set(await compute.size())
+            # Bounded: a gallery call is retried for as long as the gallery is away, and this
+            # tick must go on reporting the stall that causes.
+            with contextlib.suppress(TimeoutError):
+                metrics.GALLERY_SIZE.set(await asyncio.wait_for(compute.size(), GAUGE_WAIT_S))
         except Exception:
             log.exception("updating gauges failed")
 

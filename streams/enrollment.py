@@ -23,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.faces import Candidate
+
 REQUEST_SCHEMA = "facestream.enrollment/v1"
 STATE_SCHEMA = "facestream.gallery-state/v1"
 ACK_SCHEMA = "facestream.enrollment-ack/v1"
@@ -33,6 +35,8 @@ class EnrollmentReason:
     MULTIPLE_FACES = "multiple_faces"
     BAD_REQUEST = "bad_request"
     MISSING_BASIS = "missing_basis"
+    # The face matches another enrolled identity (privacy.allow_duplicate_faces is false).
+    DUPLICATE_IDENTITY = "duplicate_identity"
 
 
 class MalformedRequest(ValueError):
@@ -101,11 +105,8 @@ class EnrollmentRequest:
         op, identity = doc.get("op"), doc.get("identity")
         if op not in ("enroll", "delete"):
             raise refuse(f"op must be 'enroll' or 'delete', got {_shown(op)}")
-        if not _is_text(identity, MAX_ID_CHARS) or identity != identity.strip():
-            raise refuse(
-                f"identity must be printable text of 1..{MAX_ID_CHARS} characters "
-                "without surrounding spaces"
-            )
+        if problem := identity_problem(identity):
+            raise refuse(problem)
         if key is not None and key != identity.encode():
             raise refuse("the record's key must equal its identity (erasure is keyed by it)")
         for name, limit in (("name", MAX_TEXT_CHARS), ("basis", MAX_TEXT_CHARS)):
@@ -123,6 +124,17 @@ class EnrollmentRequest:
 MAX_ID_CHARS = 128  # identity and request id: they become Kafka keys and point ids
 MAX_TEXT_CHARS = 512  # name, legal basis, photo name
 MAX_PHOTOS = 32
+
+
+def identity_problem(identity: object) -> str | None:
+    """Why ``identity`` cannot name a person (it becomes a Kafka key and a point id), or
+    None: the worker's rule, also checked by senders before they send."""
+    if not _is_text(identity, MAX_ID_CHARS) or identity != identity.strip():  # type: ignore[union-attr]
+        return (
+            f"identity must be printable text of 1..{MAX_ID_CHARS} characters "
+            "without surrounding spaces"
+        )
+    return None
 
 
 def _is_text(value: object, limit: int) -> bool:
@@ -237,3 +249,63 @@ class PhotoRecord:
         return [
             cls(req.identity, p, req.name, req.basis, req.request_id, model) for p in req.photos
         ]
+
+
+# -- what an enrolment adds: photos not held yet, faces not of someone else --------------------
+
+# Identities asked of the gallery per enrolled face: the enrolling identity itself may take one
+# place (a re-enrolment with a new photo), so two always include the best other identity.
+DUPLICATE_CANDIDATES = 2
+
+
+def split_held(
+    photos: tuple[Photo, ...], stored: list[dict[str, Any]]
+) -> tuple[tuple[Photo, ...], tuple[Photo, ...]]:
+    """(photos to enrol, photos the gallery already holds for this identity) given ``stored``
+    (the identity's points, ``Compute.show``). A photo is its bytes' sha256, as in the state
+    key: sending it again (a resumed bulk run) is a no-op, and a photo repeated in one request
+    is enrolled once."""
+    seen = {p.get("photo_sha256") for p in stored}
+    new: list[Photo] = []
+    held: list[Photo] = []
+    for photo in photos:
+        (held if photo.sha256 in seen else new).append(photo)
+        seen.add(photo.sha256)
+    return tuple(new), tuple(held)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """An enrolment photo whose face already matches another enrolled identity."""
+
+    photo: str
+    identity: str  # the other identity
+    similarity: float
+    threshold: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"photo": self.photo, "identity": self.identity, "similarity": self.similarity}
+
+    @property
+    def message(self) -> str:
+        return (
+            f"{self.photo}: the face matches enrolled identity {self.identity!r} (similarity "
+            f"{self.similarity:.2f} >= threshold {self.threshold:.2f}): the same person? "
+            "FACESTREAM_PRIVACY__ALLOW_DUPLICATE_FACES=true enrols it anyway"
+        )
+
+
+def duplicates(
+    identity: str,
+    photos: tuple[Photo, ...],
+    found: list[list[Candidate]],
+    threshold: float,
+) -> list[Duplicate]:
+    """Each photo whose best candidate other than ``identity`` reaches ``threshold``
+    (``found``: the gallery's candidates per photo, best first)."""
+    out = []
+    for photo, candidates in zip(photos, found, strict=True):
+        other = next((c for c in candidates if c.identity != identity), None)
+        if other is not None and other.similarity >= threshold:
+            out.append(Duplicate(photo.name, other.identity, other.similarity, threshold))
+    return out

@@ -37,9 +37,13 @@ E2E_LATENCY = Histogram(
     "From captured-at (else produce time) to the match event",
     buckets=LATENCY_BUCKETS,
 )
+# Worker-side stages: per image, broker_queue (record timestamp -> consumed) and batching
+# (consumed -> its batch reaching the processor), streams.processor.record_waits; per batch,
+# model_call, gallery_call and publish. The actors' decode, detect, embed and gallery_search
+# are ray_facestream_actor_stage_seconds (actors/deployment.py).
 STAGE = Histogram(
     "facestream_stage_seconds",
-    "Time per batch in each worker-side stage",
+    "Time in each worker-side stage: per image for broker_queue and batching, else per batch",
     ["stage"],
     buckets=STAGE_BUCKETS,
 )
@@ -65,10 +69,8 @@ STALLED = Gauge(
     "1 while the partition has lag and no image of it finished for the stall threshold",
     ["topic", "partition"],
 )
-# A partition is stalled when records wait (lag > 0) and none of them finished for this long.
-# Far above a batch's time (batch.wait_ms + model time: well under a few seconds), below the
-# alert's patience (infra/prometheus/rules/alerts.yml: FacestreamPartitionStalled).
-STALL_AFTER_S = 60.0
+# A partition is stalled when records wait (lag > 0) and none of them finished for
+# metrics.stall_after_s (reported here, for the alert: FacestreamPartitionStalled).
 STALL_AFTER = Gauge(
     "facestream_stall_threshold_seconds", "Seconds without progress, with lag, that mean stalled"
 )
@@ -139,9 +141,9 @@ def _create_known_series() -> None:
         ENROLMENTS.labels(result=result)
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, stall_after_s: float) -> None:
     """Expose this process's metrics over HTTP (a daemon thread)."""
     _create_known_series()
-    STALL_AFTER.set(STALL_AFTER_S)
+    STALL_AFTER.set(stall_after_s)
     start_http_server(port, addr=host)
     WORKER_UP.labels(worker=f"{socket.gethostname()}:{port}").set(1)

@@ -7,8 +7,9 @@ return. All compute goes through ``core.compute.Compute`` (the Ray actors, in a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,17 @@ from core.faces import ImageFaces
 from core.imaging import ImageRejected, Reason, check_size
 from core.quality import assess
 from core.settings import Settings
-from streams import observe
+from streams import metrics, observe
 from streams.enrollment import (
+    DUPLICATE_CANDIDATES,
     EnrollmentReason,
     EnrollmentRequest,
     MalformedRequest,
     Photo,
     PhotoRecord,
     ack,
+    duplicates,
+    split_held,
     state_key,
 )
 from streams.records import ImageMessage
@@ -51,7 +55,15 @@ class ImageProcessor:
         self.compute = compute
         self.decision = Decision.configured(compute.model_id, settings.matching)
 
-    async def process(self, messages: list[ImageMessage]) -> list[Outcome]:
+    async def process(
+        self, messages: list[ImageMessage], consumed_at: Sequence[float | None] | None = None
+    ) -> list[Outcome]:
+        """One outcome per message, in order. ``consumed_at``: when the worker's consumer
+        took each record, on ``time.monotonic``'s clock (as Faust's Monitor stamps
+        ``Message.time_in``); with it, each image's wait before this batch is recorded as
+        its two stages: the broker queue and the batching wait."""
+        if consumed_at is not None:
+            record_waits(messages, consumed_at)
         outcomes: dict[int, Outcome] = {}
         todo: list[int] = []
         for i, msg in enumerate(messages):
@@ -124,6 +136,22 @@ class ImageProcessor:
         )
 
 
+def record_waits(messages: Sequence[ImageMessage], consumed_at: Sequence[float | None]) -> None:
+    """Per image, the ``broker_queue`` stage (record timestamp -> consumed: the time in the
+    broker, fetch wait included) and the ``batching`` stage (consumed -> its batch reaching
+    the processor: the wait for batch-mates, then for a free agent). Per image rather than
+    per batch, like the end-to-end latency they add up to with the batch stages."""
+    now, wall = time.monotonic(), time.time()
+    for msg, consumed in zip(messages, consumed_at, strict=True):
+        if consumed is None:
+            continue
+        batching = max(now - consumed, 0.0)
+        metrics.STAGE.labels(stage="batching").observe(batching)
+        if msg.produced_at is not None:  # producer and worker clocks may differ: never < 0
+            queued = max(wall - batching - msg.produced_at, 0.0)
+            metrics.STAGE.labels(stage="broker_queue").observe(queued)
+
+
 StateRecord = tuple[str, bytes | None]  # key, value (None: a tombstone) on the state topic
 Publish = Callable[[list[StateRecord]], Awaitable[None]]
 
@@ -158,6 +186,8 @@ class EnrollmentProcessor:
         self.gates = settings.quality.enrol
         self.search_gates = settings.quality.search
         self.require_basis = settings.privacy.require_basis
+        self.allow_duplicates = settings.privacy.allow_duplicate_faces
+        self.threshold = settings.matching.threshold
         self.publish = publish
 
     async def _publish(self, records: list[StateRecord]) -> None:
@@ -248,16 +278,36 @@ class EnrollmentProcessor:
             )
         if not req.photos:
             return refuse(EnrollmentReason.BAD_REQUEST, "an enrolment needs at least one photo")
-        results = await self.compute.analyze([p.data for p in req.photos])
+        # Photos the gallery holds for this identity are not enrolled again (one point, one
+        # state record each): a repeated request is a no-op, before any model time.
+        new, held = split_held(req.photos, await self.compute.show(req.identity))
+        done = {"already_enrolled": [p.name for p in held]} if held else {}
+        if not new:
+            reply = ack(
+                req.request_id, req.identity, req.op, model_id=self.model_id,
+                photos=0, basis=req.basis, **done,
+            )  # fmt: skip
+            return reply, []
+        results = await self.compute.analyze([p.data for p in new])
         subjects = []
-        for photo, result in zip(req.photos, results, strict=True):
+        for photo, result in zip(new, results, strict=True):
             subject = self.subject(photo, result)
             if isinstance(subject, tuple):
                 return refuse(*subject, photo.name)
             subjects.append(result.embeddings[subject])
         embeddings = np.stack(subjects)
-        photos = [{"name": p.name, "sha256": p.sha256} for p in req.photos]
-        records = PhotoRecord.of_request(req, self.model_id)
+        # Searched after every earlier request was applied (the agent is serial), so two
+        # photos of one person sent under two names in one bulk run are caught too.
+        found = await self.compute.search(embeddings, DUPLICATE_CANDIDATES)
+        if twins := duplicates(req.identity, new, found, self.threshold):
+            if not self.allow_duplicates:
+                twin = twins[0]
+                reply, _ = refuse(EnrollmentReason.DUPLICATE_IDENTITY, twin.message, twin.photo)
+                reply["error"] |= {"matches": twin.identity, "similarity": twin.similarity}
+                return reply, []
+            done["duplicates"] = [t.as_dict() for t in twins]
+        photos = [{"name": p.name, "sha256": p.sha256} for p in new]
+        records = PhotoRecord.of_request(replace(req, photos=new), self.model_id)
         state: list[StateRecord] = [(r.key, r.encode()) for r in records]
         await self._publish(state)  # before the gallery write: see the class docstring
         try:
@@ -272,6 +322,7 @@ class EnrollmentProcessor:
             model_id=self.model_id,
             photos=len(photos),
             basis=req.basis,
+            **done,
         )
         return reply, state
 

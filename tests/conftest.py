@@ -72,8 +72,13 @@ class Pipeline:
 def pipeline(samples: Path) -> Iterator[Pipeline]:
     run_dir = Path(tempfile.mkdtemp(prefix="fst-"))
     # Small limits so that the byte and pixel checks are cheap to trigger.
+    # The session's tests enrol the few sample people under many names: duplicates allowed
+    # here (the duplicate check runs on its own stack, tests/integration/test_bulk_enroll.py).
     settings = embedded_settings(
-        run_dir, limits__max_bytes=3_000_000, limits__max_pixels=20_000_000
+        run_dir,
+        limits__max_bytes=3_000_000,
+        limits__max_pixels=20_000_000,
+        privacy__allow_duplicate_faces=True,
     )
     with EmbeddedStack(settings, run_dir) as stack:
         p = Pipeline(settings, stack)

@@ -34,6 +34,8 @@ _POINT_NAMESPACE = uuid.UUID("6f1d3a52-8a4e-4f3c-9a55-1c2b7f0e9d11")
 # person with many photos never crowds another out of the top-k.
 _FIRST_OVERSAMPLE = 4
 _GROW = 4
+# First limit of an exact search for every point near a query (``within``), grown by _GROW.
+_WITHIN_FIRST = 16
 # Payloads read per request when a backend rebuilds its identity records from the points.
 _SCROLL_PAGE = 1024
 
@@ -208,6 +210,30 @@ class Gallery(ABC):
         (hits,) = self._query_batch(np.asarray(embedding, np.float32).reshape(1, -1), limit)
         return [(h.score, h.payload) for h in hits]
 
+    def within(self, embeddings: np.ndarray, threshold: float) -> list[str]:
+        """The ids of every point at or above ``threshold`` similarity to a row of
+        ``embeddings``, by exact search (an erasure must not miss one that the approximate index
+        would): the limit grows until a query's farthest hit is below ``threshold`` or the
+        gallery has no more points."""
+        self._check_dim(embeddings)
+        found: set[str] = set()
+        pending = list(range(len(embeddings)))
+        limit = _WITHIN_FIRST
+        while pending:
+            queries = np.asarray(embeddings[pending], np.float32)
+            still = []
+            for i, hits in zip(pending, self._query_batch(queries, limit, exact=True), strict=True):
+                found.update(h.id for h in hits if h.score >= threshold)
+                if len(hits) == limit and hits[-1].score >= threshold:
+                    still.append(i)
+            pending, limit = still, limit * _GROW
+        return sorted(found)
+
+    def vectors(self, identity: str) -> np.ndarray:
+        """The embeddings of ``identity``'s photos, one row each (to find their face in other
+        stores before an erasure deletes them here)."""
+        return self._vectors(("identity", identity))
+
     # -- identities ---------------------------------------------------------------------------
 
     def identities(
@@ -244,6 +270,13 @@ class Gallery(ABC):
             self._records_delete(identity)
         return removed
 
+    def delete_points(self, ids: list[str]) -> int:
+        """Remove the points ``ids`` (anonymous ones: sightings); returns how many there were."""
+        if not ids:
+            return 0
+        with self._write_lock:
+            return self._delete_where(("ids", list(ids)))
+
     def purge_expired(self, now: float) -> int:
         """Remove every point whose ``expires_at`` (epoch seconds) is before ``now``."""
         with self._write_lock:
@@ -273,14 +306,20 @@ class Gallery(ABC):
             raise GalleryError(f"expected (n, {self.dim}) embeddings, got {embeddings.shape}")
 
     # -- what a backend implements -------------------------------------------------------
-    # A "spec" selects points: ("identity", value) or ("before", field, value).
+    # A "spec" selects points: ("identity", value), ("ids", [point ids]) or
+    # ("before", field, value).
 
     @abstractmethod
     def _upsert(self, points: list[tuple[str, list[float], dict[str, Any]]]) -> None: ...
 
     @abstractmethod
-    def _query_batch(self, vectors: np.ndarray, limit: int) -> list[list[Hit]]:
-        """The ``limit`` nearest points of each row of ``vectors``, best first: one request."""
+    def _query_batch(self, vectors: np.ndarray, limit: int, exact: bool = False) -> list[list[Hit]]:
+        """The ``limit`` nearest points of each row of ``vectors``, best first: one request.
+        ``exact``: by brute force, never through an approximate index."""
+
+    @abstractmethod
+    def _vectors(self, spec: tuple) -> np.ndarray:
+        """The embeddings of the points ``spec`` selects, shape (n, dim)."""
 
     @abstractmethod
     def _find(self, spec: tuple) -> list[dict[str, Any]]:

@@ -390,6 +390,10 @@ class _IndexServer:
         flt = _filter(spec, self.hidden)
         return [(str(r.id), dict(r.payload or {})) for r in _scroll_all(self.shard, flt)]
 
+    def embeddings(self, spec: tuple) -> list[list[float]]:
+        flt = _filter(spec, self.hidden)
+        return [r.vector for r in _scroll_all(self.shard, flt, with_vector=True)]
+
     def has(self, ids: list[str]) -> list[str]:
         records = self.shard.retrieve(list(ids), True, False)
         found = [(str(r.id), dict(r.payload or {})) for r in records]
@@ -756,6 +760,11 @@ class _Mirror:
         with self.lock:
             return [(self.ids[r], dict(self.payloads[r])) for r in self._rows(spec)]
 
+    def embeddings(self, spec: tuple) -> np.ndarray:
+        """The (unit) vectors of the rows ``spec`` selects."""
+        with self.lock:
+            return self.vectors[self._rows(spec)]
+
     def present(self, ids: list[str], tags: set[str]) -> list[str]:
         """Which of ``ids`` are held by rows of ``tags``."""
         with self.lock:
@@ -1118,8 +1127,8 @@ class EdgeGallery(Gallery):
 
     # -- reads -------------------------------------------------------------------------------
 
-    def _query_batch(self, vectors: np.ndarray, limit: int) -> list[list[Hit]]:
-        return self.query_batch(vectors, limit)
+    def _query_batch(self, vectors: np.ndarray, limit: int, exact: bool = False) -> list[list[Hit]]:
+        return self.query_batch(vectors, limit, exact)
 
     def query_batch(self, vectors: np.ndarray, limit: int, exact: bool = False) -> list[list[Hit]]:
         """The ``limit`` nearest points of each row: the index (in its process) and the live
@@ -1162,6 +1171,16 @@ class EdgeGallery(Gallery):
 
     def _find(self, spec: tuple) -> list[dict[str, Any]]:
         return [payload for _, payload in self._points(spec)]
+
+    def _vectors(self, spec: tuple) -> np.ndarray:
+        self._engine()
+        with self._rw.read():
+            out = [self._mirror.embeddings(spec)]
+            index = self._serving()
+            if index is not None:
+                rows = index.call("embeddings", spec)
+                out.append(np.asarray(rows, np.float32).reshape(len(rows), self.dim))
+        return np.concatenate(out)
 
     def _all_payloads(self) -> list[dict[str, Any]]:
         return [payload for _, payload in self._points(None)]

@@ -18,6 +18,7 @@ index and quantization settings.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -122,7 +123,7 @@ class ServerGallery(Gallery):
             wait=True,
         )
 
-    def _params(self, limit: int) -> qm.SearchParams | None:
+    def _params(self, limit: int, exact: bool = False) -> qm.SearchParams | None:
         if self.local:  # brute force: the parameters only draw a warning per query
             return None
         quantization = None
@@ -130,10 +131,12 @@ class ServerGallery(Gallery):
             quantization = qm.QuantizationSearchParams(
                 rescore=True, oversampling=self.options.rescore_oversampling
             )
-        return qm.SearchParams(hnsw_ef=max(self.options.hnsw_ef, limit), quantization=quantization)
+        return qm.SearchParams(
+            hnsw_ef=max(self.options.hnsw_ef, limit), exact=exact, quantization=quantization
+        )
 
-    def _query_batch(self, vectors: np.ndarray, limit: int) -> list[list[Hit]]:
-        params = self._params(limit)
+    def _query_batch(self, vectors: np.ndarray, limit: int, exact: bool = False) -> list[list[Hit]]:
+        params = self._params(limit, exact)
         requests = [
             qm.QueryRequest(query=v.tolist(), limit=limit, with_payload=True, params=params)
             for v in vectors
@@ -145,39 +148,43 @@ class ServerGallery(Gallery):
         ]
 
     def _filter(self, spec: tuple) -> qm.Filter:
+        cond: qm.Condition
         if spec[0] == "identity":
             cond = qm.FieldCondition(key="identity", match=qm.MatchValue(value=spec[1]))
+        elif spec[0] == "ids":
+            cond = qm.HasIdCondition(has_id=list(spec[1]))
         elif spec[0] == "before":
             cond = qm.FieldCondition(key=spec[1], range=qm.Range(lt=spec[2]))
         else:
             raise ValueError(f"unknown selector {spec!r}")
         return qm.Filter(must=[cond])
 
-    def _find(self, spec: tuple) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    def _scroll(self, spec: tuple | None, vectors: bool = False) -> Iterator[qm.Record]:
+        """Every point ``spec`` selects (None: all), a page at a time."""
+        flt = None if spec is None else self._filter(spec)
         offset = None
         while True:
             records, offset = self.client.scroll(
                 self.collection,
-                scroll_filter=self._filter(spec),
+                scroll_filter=flt,
                 limit=_SCROLL_PAGE,
                 offset=offset,
-                with_payload=True,
+                with_payload=not vectors,
+                with_vectors=vectors,
             )
-            out.extend(dict(r.payload or {}) for r in records)
+            yield from records
             if offset is None:
-                return out
+                return
+
+    def _find(self, spec: tuple) -> list[dict[str, Any]]:
+        return [dict(r.payload or {}) for r in self._scroll(spec)]
 
     def _all_payloads(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        offset = None
-        while True:
-            records, offset = self.client.scroll(
-                self.collection, limit=_SCROLL_PAGE, offset=offset, with_payload=True
-            )
-            out.extend(dict(r.payload or {}) for r in records)
-            if offset is None:
-                return out
+        return [dict(r.payload or {}) for r in self._scroll(None)]
+
+    def _vectors(self, spec: tuple) -> np.ndarray:
+        rows = [r.vector for r in self._scroll(spec, vectors=True)]
+        return np.asarray(rows, np.float32).reshape(len(rows), self.dim)
 
     def _count(self, spec: tuple | None) -> int:
         flt = None if spec is None else self._filter(spec)

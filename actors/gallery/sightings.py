@@ -4,6 +4,10 @@ By default facestream keeps nothing about faces it does not recognise. An operat
 to search past unknown faces (e.g. "was this person seen yesterday?") enables this store; each
 sighting then carries ``expires_at`` and the purge job deletes it once that time has passed.
 Searches never return an expired sighting, even before the purge runs.
+
+A sighting holds no identity, but it may be an enrolled person's face seen before their
+enrolment: their erasure removes every sighting that matches one of their photos
+(``erase_near``), so nothing of theirs stays here either.
 """
 
 from __future__ import annotations
@@ -38,6 +42,13 @@ class Sightings:
         hits = self.store.nearest(embedding, limit * 4)
         live = [{**p, "similarity": round(s, 4)} for s, p in hits if p["expires_at"] > now]
         return live[:limit]
+
+    def erase_near(self, embeddings: np.ndarray, threshold: float) -> int:
+        """Remove every sighting, expired or not, at or above ``threshold`` similarity to a
+        row of ``embeddings`` (an erased person's gallery photos); returns how many."""
+        if not len(embeddings):
+            return 0
+        return self.store.delete_points(self.store.within(embeddings, threshold))
 
     def purge(self, now: float | None = None) -> int:
         return self.store.purge_expired(time.time() if now is None else now)

@@ -2,6 +2,7 @@
 
 from actors.models.base import DetectedFace, FaceModel, ImageFaces
 from actors.models.packs import ModelPack, resolve_pack
+from core.settings import Settings
 
 __all__ = [
     "DetectedFace",
@@ -13,8 +14,9 @@ __all__ = [
 ]
 
 
-def load_face_model(settings) -> FaceModel:
-    """The configured model pack on the configured runtime (onnxruntime today)."""
+def load_face_model(settings: Settings) -> FaceModel:
+    """The configured model pack on the configured runtime (onnxruntime today), with every
+    ``model.*`` setting: providers, threads, batched detection, the decode pool and budget."""
     from actors.models.insightface_onnx import InsightFaceOnnx
 
     return InsightFaceOnnx(resolve_pack(settings.model.folder, settings.cache_dir), settings.model)

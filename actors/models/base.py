@@ -13,11 +13,12 @@
 Chunks hold at most ``max_chunk_images`` images whose decoded pixels (read from the headers
 before decoding) stay under half of ``decode_budget_bytes``, and the next chunk is decoded
 ahead only when both fit in the budget, so the decoded pixels a batch holds at once stay
-under ``decode_budget_bytes`` (256 MiB by default; an image larger than half of it is
-decoded alone). A batch of eight 40-Mpx images (120 MB each decoded) holds at most two of
-them at a time: 240 MB, not 960 MB. A decode in flight needs about as much again while it
-runs (OpenCV's JPEG decoder), so such a batch peaked ~0.4-0.45 GiB above the process's
-resting memory, against ~1.5 GiB with every image decoded at once (bench/model_path.py).
+under ``decode_budget_bytes`` (``model.decode_budget_mib``, 256 MiB by default; an image
+larger than half of it is decoded alone). A batch of eight 40-Mpx images (120 MB each
+decoded) holds at most two of them at a time: 240 MB, not 960 MB. A decode in flight needs
+about as much again while it runs (OpenCV's JPEG decoder), so such a batch peaked ~0.4-0.45
+GiB above the process's resting memory, against ~1.5 GiB with every image decoded at once
+(bench/model_path.py).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class FaceModel(ABC):
     det_size: int = 640  # the detector's input square, in pixels
 
     # Threads decoding the images of a batch (0: in the calling thread, one after the other;
-    # a batch of one image is always decoded in the calling thread).
+    # a batch of one image is always decoded in the calling thread). The runtimes set this
+    # and decode_budget_bytes from model.decode_threads and model.decode_budget_mib.
     decode_threads: int = 2
     # Decoded pixels one analyze_bytes() call holds at once, at most (see the module doc).
     decode_budget_bytes: int = 256 * 2**20

@@ -37,11 +37,12 @@ def choose_providers(requested: list[str] | str) -> list[str]:
 class InsightFaceOnnx(FaceModel):
     # Detect the images of a chunk in one detector session call (each letterboxed to
     # det_size as insightface's SCRFD.detect does) rather than one call per image. Results
-    # equal the per-image path (tests/integration/test_batched_detection.py). None: on when
-    # the detector runs on an accelerator, off on CPU, where it was slower per image on the
-    # 8 sample photos (quiet machine: 33.6 vs 30.0 ms at one intra-op thread, 23.1 vs 22.2
-    # at two; the batch's activations outgrow the caches): BENCHMARKS.md, "Model path".
-    batched_detection: bool | None = None
+    # equal the per-image path (tests/integration/test_batched_detection.py). Set from
+    # model.batched_detection; its "auto" is on when the detector runs on an accelerator,
+    # off on CPU, where it was slower per image on the 8 sample photos (quiet machine: 33.6
+    # vs 30.0 ms at one intra-op thread, 23.1 vs 22.2 at two; the batch's activations
+    # outgrow the caches): BENCHMARKS.md, "Model path".
+    batched_detection: bool = False
     # Crops per recogniser call on CPU, (one intra-op thread, more): at one thread batches
     # of 1 and 8 cost the same per face and 32 ~13% more; at two, 8 was ~28% faster than 1.
     # Accelerators keep the base's max_embed_batch (64).
@@ -86,13 +87,14 @@ class InsightFaceOnnx(FaceModel):
         self.providers = list(recognizer.session.get_providers())
         if requested[0] != self.providers[0]:
             log.warning("asked for %s, running on %s", requested[0], self.providers[0])
-        if decode_threads is not None:
-            self.decode_threads = decode_threads
-        if batched_detection is not None:
-            self.batched_detection = batched_detection
-        if self.batched_detection is None:
+        # The keyword arguments override the settings (benchmarks and tests compare both).
+        self.decode_threads = settings.decode_threads if decode_threads is None else decode_threads
+        self.decode_budget_bytes = settings.decode_budget_mib * 2**20
+        if batched_detection is None:
             on_cpu = detector.session.get_providers()[0] == "CPUExecutionProvider"
-            self.batched_detection = not on_cpu
+            choice = {"on": True, "off": False}
+            batched_detection = choice.get(settings.batched_detection, not on_cpu)
+        self.batched_detection = batched_detection
         if max_embed_batch is not None:
             self.max_embed_batch = max_embed_batch
         elif self.providers[0] == "CPUExecutionProvider":

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from core.settings import Settings
 from core.waiting import wait_until
 from facestream.embedded import free_port
+from streams.clients import ImageToSend
 from tests.cli import run_cli
 from tests.conftest import Pipeline
 
@@ -79,6 +81,21 @@ def test_identify_works_while_the_stack_owns_the_gallery(pipeline: Pipeline, sam
     done = cli(pipeline.settings, "identify", str(samples / "obama2.jpg"))
     assert done.returncode == 0, done.stderr
     assert '"identity": "obama"' in done.stdout
+
+
+def test_a_second_worker_with_the_same_settings_is_one_line_error_and_the_first_goes_on(
+    pipeline: Pipeline, samples: Path
+) -> None:
+    # Two `facestream worker` on one machine's defaults: the second used to die after 30 s
+    # with Ray's "node timed out during startup", then on the gallery's WAL lock with a Ray
+    # traceback. With the running stack's settings it is refused before starting anything.
+    done = cli(pipeline.settings, "worker", timeout_s=60)
+    assert_one_line_error(done, "served by another running facestream", "GALLERY__PATH")
+    assert pipeline.stack.workers[0].alive()
+    kind, event = pipeline.one(
+        ImageToSend(f"second-worker-{uuid.uuid4().hex[:8]}", (samples / "obama2.jpg").read_bytes())
+    )
+    assert kind == "match" and event["faces"][0]["identity"] == "obama"
 
 
 def test_up_exits_non_zero_when_its_broker_dies(tmp_path: Path) -> None:

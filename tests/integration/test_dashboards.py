@@ -329,6 +329,9 @@ def test_status_summary_reports_the_run(run: Run) -> None:
     seen = {reason for reason, rate in summary["dlq_by_reason"].items() if rate}
     assert seen == {"empty", "not_an_image", "truncated"}
     assert summary["retries_per_s"] is not None
+    # Every stage of an image's way, from the broker's queue to publishing, has figures.
+    for stage, figures in summary["stages"].items():
+        assert figures["p99_s"] and 0 <= figures["p50_s"] <= figures["p99_s"], (stage, figures)
     rows = status_rows(summary)
     assert rows["workers up"] == "1 / 1" and "no data" not in " ".join(rows.values()), rows
 

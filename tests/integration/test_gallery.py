@@ -101,6 +101,31 @@ def test_delete_removes_every_point_and_survives_reopening(open_at: Opener, embe
     reopened.close()
 
 
+def test_within_finds_every_point_near_a_face_by_exact_search_and_delete_points_removes_them(
+    open_at: Opener, embeddings
+) -> None:
+    # What an erasure of sightings relies on: every point at or above the threshold, however
+    # many there are (more than the first limit), and none below it.
+    g = open_at(MODEL)
+    rng = np.random.default_rng(3)
+    (obama,) = embeddings["obama.jpg"]
+    near = obama + rng.normal(0, 0.012, (40, obama.size)).astype(np.float32)
+    near /= np.linalg.norm(near, axis=1, keepdims=True)
+    far = rng.standard_normal((60, obama.size)).astype(np.float32)
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    vectors = np.concatenate([near, far])
+    g.add("crowd", None, vectors, [photo(f"{i}.jpg") for i in range(len(vectors))])
+    threshold = Settings().matching.threshold
+    expected = vectors @ obama >= threshold
+    assert expected.sum() == len(near)  # the data is as meant: the near ones only
+    assert np.allclose(np.sort(g.vectors("crowd") @ obama), np.sort(vectors @ obama), atol=1e-5)
+    found = g.within(obama.reshape(1, -1), threshold)
+    assert len(found) == len(near)
+    assert g.delete_points(found) == len(near)
+    assert g.within(obama.reshape(1, -1), threshold) == []
+    assert len(g.vectors("crowd")) == len(far)  # the others stay
+
+
 def test_another_models_gallery_is_refused(open_at: Opener, embeddings) -> None:
     g = open_at(MODEL)
     enrol(g, embeddings, "obama", "obama.jpg")

@@ -38,7 +38,10 @@ def rotated(path: Path, degrees: float) -> Image.Image:
 
 @pytest.fixture
 def enrol(face_model: object, tmp_path: Path):
-    settings = Settings().override(gallery__path=tmp_path / "gallery")
+    # Each rotation is enrolled under its own name: the same face, duplicates allowed.
+    settings = Settings().override(
+        gallery__path=tmp_path / "gallery", privacy__allow_duplicate_faces=True
+    )
     gallery = open_model_gallery(settings, face_model.model_id, face_model.embedding_dim)
     processor = EnrollmentProcessor(settings, LocalCompute(settings, face_model, gallery))
 

@@ -81,9 +81,12 @@ def check(report: FlowReport, images: list[ImageToSend], stack: EmbeddedStack) -
             assert kind == "match", event
 
 
-def new_stack(samples: Path, **kwargs: object) -> tuple[EmbeddedStack, Pipeline]:
+def new_stack(
+    samples: Path, settings: dict[str, object] | None = None, **kwargs: object
+) -> tuple[EmbeddedStack, Pipeline]:
+    """A fresh stack (``settings``: overrides; ``kwargs``: for EmbeddedStack), Obama enrolled."""
     run_dir = Path(tempfile.mkdtemp(prefix="fss-"))
-    stack = EmbeddedStack(embedded_settings(run_dir), run_dir, **kwargs)
+    stack = EmbeddedStack(embedded_settings(run_dir, **(settings or {})), run_dir, **kwargs)
     with contextlib.ExitStack() as on_error:
         on_error.callback(stack.stop)
         stack.start()

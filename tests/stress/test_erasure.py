@@ -1,6 +1,7 @@
 """Erasure reaches every copy, on the real stack: after `facestream identities delete`, no
 gallery generation holds the person (the live one, the one a reindex left behind, the one an
-interrupted reindex left half built), and after Kafka's compaction rule no state record
+interrupted reindex left half built), no sighting matches them (their face seen before the
+enrolment; someone else's sightings stay), and after Kafka's compaction rule no state record
 does; the requests topic, which deletes by time, is declared to drop them within 24 h. The
 worker's log never names the person."""
 
@@ -13,17 +14,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from actors.gallery import Generation, current_generation, generations, open_model_gallery
 from facestream.reindex import Replay
-from streams.clients import read_log
+from streams.clients import ImageToSend, read_log
 from streams.enrollment import split_state_key
 from streams.topics import DAY_MS, admin_client, describe_topic_configs, state_topic
+from tests.conftest import unique
+from tests.photo_variants import variant
 from tests.stress.test_delivery import new_stack
 from tests.unit.test_compaction import kafka_compaction
 
 pytestmark = pytest.mark.stress
+
+# The sightings store, read through the running gallery actor: the only process that may
+# open it while the worker runs. Queries arrive on stdin; one list of hits per query.
+SIGHTINGS_NEAR = """
+import json, sys
+import numpy as np
+from core.settings import Settings
+from facestream.offline import GalleryReader
+
+queries = np.asarray(json.load(sys.stdin), np.float32)
+with GalleryReader(Settings()) as reader:
+    print(json.dumps([reader.call("sightings.search", q, 10) for q in queries]))
+"""
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -38,13 +56,52 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return out
 
 
-def test_erasure_leaves_no_generation_and_no_live_log_record(samples: Path, face_model) -> None:
+def best_sighting(env: dict[str, str], queries: np.ndarray) -> list[float]:
+    """Per query, the similarity of the nearest live sighting (-1: none)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SIGHTINGS_NEAR],
+        input=json.dumps(queries.tolist()),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    hits = json.loads(done.stdout.strip().splitlines()[-1])
+    return [max((h["similarity"] for h in row), default=-1.0) for row in hits]
+
+
+def test_erasure_leaves_no_generation_no_sighting_and_no_live_log_record(
+    samples: Path, face_model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sightings on (new_stack takes its settings from the environment).
+    monkeypatch.setenv("FACESTREAM_SIGHTINGS__ENABLED", "true")
+    monkeypatch.setenv("FACESTREAM_SIGHTINGS__TTL_S", "86400")
     stack, pipeline = new_stack(samples)
     try:
         settings = stack.settings
         env = {**os.environ, **settings.env(), **stack.worker_env}
         person = "erase-me-7f3a"
-        pipeline.enroll_photos(person, samples / "biden.jpg", samples / "biden2.jpg")
+        photos = [samples / "biden.jpg", samples / "biden2.jpg"]
+        # Before the enrolment, a camera sees the person (a mirrored copy of one of the photos
+        # they will be enrolled with) and someone else: both unknown, both kept as sightings.
+        seen = variant(Image.open(photos[1]), "mirror")
+        other = (samples / "yaoming.jpg").read_bytes()
+        outcomes = pipeline.run(
+            [
+                ImageToSend(unique("seen-before"), seen, "cam"),
+                ImageToSend(unique("other"), other, "cam"),
+            ]
+        )
+        assert {f["decision"] for _, e in outcomes.values() for f in e["faces"]} == {"unknown"}
+        # The queries: the person's two photos, then the other's (one face each).
+        found = face_model.analyze_bytes(
+            [*(p.read_bytes() for p in photos), other], settings.limits
+        )
+        queries = np.concatenate([r.embeddings for r in found])
+        threshold = settings.matching.threshold
+        assert all(s >= threshold for s in best_sighting(env, queries))
+        pipeline.enroll_photos(person, *photos)
         # The same model: generation 1 goes live (the worker's actor follows), 0 stays.
         rebuilt = json.loads(cli(env, "reindex", "--json").stdout.splitlines()[-1])
         assert rebuilt["live writes fenced"], rebuilt
@@ -72,6 +129,9 @@ def test_erasure_leaves_no_generation_and_no_live_log_record(samples: Path, face
 
         shown = json.loads(cli(env, "identities", "show", person, "--json").stdout.splitlines()[-1])
         assert shown["gallery"] == [] and shown["live_state_records"] == 0
+        *mine, someone_else = best_sighting(env, queries)
+        assert all(s < threshold for s in mine), f"a sighting still matches the person: {mine}"
+        assert someone_else >= threshold, "someone else's sighting went with the erasure"
         for generation in generations(settings):  # each one opened on its own, too
             if generation == current_generation(settings):
                 continue  # held by the running actor: read through it above

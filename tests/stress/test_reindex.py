@@ -115,7 +115,8 @@ def last_json(text: str) -> dict:
 
 
 def test_reindex_with_the_same_model_while_images_stream(samples: Path) -> None:
-    stack, pipeline = new_stack(samples)
+    # The same sample faces under many names: duplicates allowed.
+    stack, pipeline = new_stack(samples, settings={"privacy__allow_duplicate_faces": True})
     try:
         settings = stack.settings
         env = {**os.environ, **settings.env(), **stack.worker_env}

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 import time
 from itertools import count
 from pathlib import Path
@@ -23,79 +19,15 @@ from facestream.embedded import EmbeddedStack
 from streams.clients import ImageToSend
 from tests.flow import run_flow
 from tests.stress.test_delivery import check, new_stack, stream_of
-from tests.waits import assert_faults_ran, run_flow_with_faults, wait_for_assignment
+from tests.waits import (
+    ClusterView,
+    assert_faults_ran,
+    cluster_view,
+    run_flow_with_faults,
+    wait_for_assignment,
+)
 
 pytestmark = pytest.mark.stress
-
-# Where the actors run, asked in a child process with the head's Ray environment: a Ray driver
-# in the test process would keep the first auth token it loaded (Ray caches it) for good.
-CLUSTER_VIEW = """
-import json, sys, ray
-from ray.exceptions import RayError
-from actors.cluster import gallery_actor_name, model_actor_names
-from core.settings import Settings
-from core.waiting import wait_until
-
-settings = Settings()
-lost = set(sys.argv[1:])  # node ids that must be seen dead first
-ray.init(address=settings.ray.address, namespace=settings.ray.namespace, log_to_driver=False,
-         logging_level="ERROR")
-
-def info(name):
-    # A restarted actor answers when Ray has brought it back, not before: ask until it does.
-    def answer():
-        try:
-            return ray.get(ray.get_actor(name).info.remote(), timeout=30)
-        except (RayError, ValueError):  # restarting, unavailable, not (yet) registered
-            return None
-    return wait_until(answer, timeout_s=240, what=f"actor {name} answering", interval_s=0.5)
-
-def settled():
-    nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
-    if lost & nodes.keys():
-        return None
-    models = {name: info(name) for name in model_actor_names(settings)}
-    gallery = info(gallery_actor_name(settings, next(iter(models.values()))["model_id"]))
-    if not {i["node_id"] for i in [*models.values(), gallery]} <= nodes.keys():
-        return None  # an answer from before a node was lost: ask again
-    return {"models": models, "gallery": gallery, "nodes": nodes}
-
-print(json.dumps(wait_until(settled, timeout_s=240, what="the cluster settled", interval_s=1)))
-"""
-
-
-@dataclasses.dataclass
-class ClusterView:
-    models: dict[str, str]  # model actor name -> node id
-    model_pid: dict[str, int]
-    gallery_node: str
-    node_label: dict[str, str]  # alive node id -> "head" or "ray-node-<i>" (stack.ray_nodes[i])
-
-    def models_on(self, node_id: str) -> list[str]:
-        return sorted(a for a, n in self.models.items() if n == node_id)
-
-
-def cluster_view(stack: EmbeddedStack, lost: tuple[str, ...] = ()) -> ClusterView:
-    """Where the actors run, once every actor answers from a live node (and the ``lost``
-    nodes are known dead): Ray restarts actors in its own time."""
-    assert stack.ray_head is not None
-    env = {**os.environ, **stack.settings.env(), **stack.ray_head.env}
-    done = subprocess.run(
-        [sys.executable, "-c", CLUSTER_VIEW, *lost],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    view = json.loads(done.stdout.strip().splitlines()[-1])
-    label_of = {node.node_manager_port: f"ray-node-{i}" for i, node in enumerate(stack.ray_nodes)}
-    return ClusterView(
-        models={a: info["node_id"] for a, info in view["models"].items()},
-        model_pid={a: info["pid"] for a, info in view["models"].items()},
-        gallery_node=view["gallery"]["node_id"],
-        node_label={nid: label_of.get(port, "head") for nid, port in view["nodes"].items()},
-    )
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:

@@ -35,7 +35,8 @@ from streams.topics import (
 )
 
 DIM = 4
-SETTINGS = Settings().override(retry__backoff_s=0.0)
+# The fake faces are all alike: the duplicate check (tests/unit/test_enrollment.py) is off.
+SETTINGS = Settings().override(retry__backoff_s=0.0, privacy__allow_duplicate_faces=True)
 
 
 def kafka_compaction(records: list[LogRecord]) -> list[LogRecord]:
@@ -156,6 +157,9 @@ class Compute:
 
     async def show(self, identity: str) -> list[dict[str, Any]]:
         return self.gallery.show(identity)
+
+    async def search(self, embeddings: np.ndarray, top_k: int) -> list[Any]:
+        return self.gallery.search(embeddings, top_k)
 
     async def delete(self, identity: str) -> int:
         self.events.append("delete")

@@ -261,6 +261,25 @@ def test_unreachable_gallery_is_waited_for_not_turned_into_dlq_events() -> None:
     assert outcomes[0].kind == "match" and outcomes[0].event["faces"][0]["identity"] == "person-1"
 
 
+def test_permanent_gallery_error_dlqs_its_batch_at_once_and_the_next_batch_is_matched() -> None:
+    gallery = FakeGallery()
+    failures = iter([raised_in_actor(ValueError("vector dimension 4 != gallery's 512"))])
+
+    def search(emb: np.ndarray, k: int) -> list[list[Candidate]]:
+        for exc in failures:
+            raise exc
+        return [[Candidate("person-1", 0.9)] for _ in emb]
+
+    gallery.search = Method(search)
+    proc = image_processor(actors(by_blob({b"a": faces(1), b"b": faces(1)}), gallery=gallery))
+    first = process(proc, msg("A", b"a"), msg("B", b"b"))
+    assert len(gallery.search.calls) == 1  # permanent: not retried, the partition goes on
+    assert [(o.kind, o.event["reason"]) for o in first] == [("dlq", "processing_failed")] * 2
+    assert "dimension" in first[0].event["message"] and "\n" not in first[0].event["message"]
+    (second,) = process(proc, msg("C", b"a"))
+    assert second.kind == "match" and second.event["faces"][0]["identity"] == "person-1"
+
+
 # -- enrolment ------------------------------------------------------------------------------
 
 
@@ -287,7 +306,8 @@ def enrol_request(
     )
 
 
-PHOTOS = {b"one": faces(1), b"none": faces(), b"two": faces(1, 2), b"one-b": faces(4)}
+# Codes under 4: similarities under the threshold, so no face is another person's duplicate.
+PHOTOS = {b"one": faces(1), b"none": faces(), b"two": faces(1, 2), b"one-b": faces(3)}
 
 
 def test_enrolment_refuses_a_photo_without_a_face() -> None:
@@ -327,7 +347,7 @@ def test_enrolment_with_one_face_per_photo_adds_to_the_gallery() -> None:
     assert reply["model"] == "fake-model"
     [(identity, name, embeddings, photos, basis)] = gallery.add.calls
     assert (identity, name, basis) == ("ana", "Ana", "consent:ref-1")
-    assert embeddings.shape == (2, DIM) and embeddings[:, 0].tolist() == [1, 4]
+    assert embeddings.shape == (2, DIM) and embeddings[:, 0].tolist() == [1, 3]
     assert photos == [{"name": p.name, "sha256": p.sha256} for p in req.photos]
 
 
