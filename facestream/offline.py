@@ -105,11 +105,14 @@ def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
 
 def running_owner(settings: Settings) -> dict[str, Any] | None:
     """The live process of this machine that owns the current edge gallery (its owner.json,
-    written by the gallery actor), if any: a second deployment must not open it too."""
+    written by the gallery actor), if any: a second deployment must not open it too. An
+    owner whose Ray is gone is not one: it is exiting (its worker just crashed, and the
+    restarted worker must not be refused)."""
     import psutil
 
     from actors.gallery import current_generation
     from actors.gallery.edge import OWNER_FILE
+    from facestream.ports import in_use
 
     current = None if settings.gallery.backend != "edge" else current_generation(settings)
     if current is None:
@@ -119,7 +122,9 @@ def running_owner(settings: Settings) -> dict[str, Any] | None:
         owner = json.loads(owner_file.read_text())
     except (OSError, ValueError):
         return None
-    return owner if psutil.pid_exists(int(owner.get("pid", -1))) else None
+    host, _, port = str(owner.get("ray_address", "")).rpartition(":")
+    alive = psutil.pid_exists(int(owner.get("pid", -1)))
+    return owner if alive and port.isdigit() and in_use(host, int(port)) else None
 
 
 def _owner_address(settings: Settings, model_id: str) -> str | None:
