@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -34,6 +33,7 @@ from actors.gallery.edge import OWNER_FILE
 from actors.gallery.sightings import Sightings
 from actors.models import load_face_model
 from core.buckets import STAGE_BUCKETS
+from core.concurrency import ReadWriteLock
 from core.errors import TransientError, one_line
 from core.faces import ImageFaces
 from core.imaging import ImageRejected
@@ -117,43 +117,6 @@ def placement_key(settings: Settings) -> bytes:
     return f"facestream/{settings.kafka.app_id}/gallery-placement".encode()
 
 
-class _ReadWriteLock:
-    """Many readers (searches, reads) or one writer (a switch of generation)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._writer = True
-            while self._readers:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 @ray.remote
 class GalleryActor:
     """The owner of the current generation of its model's gallery (and of the sightings
@@ -182,7 +145,7 @@ class GalleryActor:
     def __init__(self, settings: Settings, model_id: str, dim: int) -> None:
         settings = settings.with_env_secrets()
         self.settings, self.model_id, self.dim = settings, model_id, dim
-        self._rw = _ReadWriteLock()
+        self._rw = ReadWriteLock()
         self._writes = threading.RLock()  # one write (or fence, or switch) at a time
         self._fenced_until = 0.0
         self._fence_token: str | None = None

@@ -72,6 +72,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from actors.gallery.base import Gallery, GalleryError, Hit
+from core.concurrency import ReadWriteLock
 
 if TYPE_CHECKING:
     from core.settings import GallerySettings
@@ -820,43 +821,6 @@ class _Mirror:
         return out
 
 
-class _ReadWriteLock:
-    """Many readers (searches, reads) or one writer (the switch to a new index)."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer:
-                self._cond.wait()
-            self._writer = True
-            while self._readers:
-                self._cond.wait()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
 class _Build:
     def __init__(self, frozen: list[str], out: str, export: Path) -> None:
         self.frozen, self.out, self.export = frozen, out, export
@@ -952,7 +916,7 @@ class EdgeGallery(Gallery):
         self.path = Path(path).expanduser()
         self.builds: list[dict[str, Any]] = []  # what each finished build reported
         self.flush_ms: collections.deque[float] = collections.deque(maxlen=100_000)
-        self._rw = _ReadWriteLock()
+        self._rw = ReadWriteLock()
         self._start_lock = threading.RLock()
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="gallery-spawn")
         self._live: EngineProcess | None = None
