@@ -60,7 +60,7 @@ from core.settings import Settings; s = Settings(); resolve_pack(s.model.folder,
 
 # A Ray driver must run on a Ray node: ray.init(address=...) attaches to a raylet on its own
 # host. So `facestream worker` joins the cluster first, as a node that offers no CPUs or GPUs
-# (model actors, which need them, are placed on the Ray worker nodes). Its metrics are on
+# (model replicas, which need them, are placed on the Ray worker nodes). Its metrics are on
 # port 8080 like every other node's.
 COPY --chmod=755 <<'EOF' /usr/local/bin/facestream-entrypoint
 #!/bin/sh

@@ -1,6 +1,7 @@
-"""Joining Ray, and finding (or creating) a deployment's actors by name.
+"""Joining Ray, and finding (or creating) a deployment's model application and gallery actor.
 
-Names are derived from the app id, so every worker of one deployment finds the same actors.
+Names are derived from the app id (and, for the model, from the model: ``actors.serving``),
+so every worker of one deployment and one model finds the same ones.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import ray
 from actors.deployment import (
     PLACEMENT_FILE,
     GalleryActor,
-    ModelActor,
     gallery_actor_name,
     placement_key,
 )
+from actors.serving import ModelApp, ensure_model_app
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Actors:
-    models: list[Any]  # ModelActor handles
+    model: Any  # DeploymentHandle of the model application (Serve routes among replicas)
     gallery: Any  # GalleryActor handle
     model_id: str
     embedding_dim: int
@@ -57,10 +58,6 @@ def connect_ray(settings: Settings) -> None:
         )
     finally:
         sys.stdout, sys.stderr = saved
-
-
-def model_actor_names(settings: Settings) -> list[str]:
-    return [f"{settings.kafka.app_id}-model-{i}" for i in range(settings.ray.model_replicas)]
 
 
 __all__ = [
@@ -127,29 +124,12 @@ def _gallery_strategy(settings: Settings) -> Any:
 
 
 def ensure_actors(settings: Settings) -> Actors:
-    """Find the deployment's actors, creating any that do not exist yet (idempotent)."""
-    # Ray pickles constructor arguments and keeps them (to restart actors): send no secrets.
-    shipped = settings.without_secrets()
-    models = [
-        ModelActor.options(
-            name=name,
-            get_if_exists=True,
-            lifetime="detached",
-            num_cpus=settings.ray.model_num_cpus,
-            num_gpus=settings.ray.model_num_gpus,
-            max_restarts=-1,
-            # No retries by Ray itself: RayCompute retries on another replica, and an image
-            # that kills its replica must not kill it again for each of Ray's retries.
-            max_task_retries=0,
-            scheduling_strategy="SPREAD",
-        ).remote(shipped)
-        for name in model_actor_names(settings)
-    ]
-    info = ray.get(models[0].info.remote())
-    gallery = ensure_gallery(settings, info["model_id"], info["embedding_dim"])
+    """Deploy (or find) this worker's model application and the gallery actor (idempotent)."""
+    model: ModelApp = ensure_model_app(settings)
+    gallery = ensure_gallery(settings, model.model_id, model.embedding_dim)
     ray.get(gallery.info.remote())  # surfaces a model mismatch or lock error now, not later
-    log.info("model %s on %s; gallery ready", info["model_id"], info["providers"][0])
-    return Actors(models, gallery, info["model_id"], info["embedding_dim"], info["providers"])
+    log.info("model %s on %s; gallery ready", model.model_id, model.providers[0])
+    return Actors(model.handle, gallery, model.model_id, model.embedding_dim, model.providers)
 
 
 def ensure_gallery(settings: Settings, model_id: str, embedding_dim: int) -> Any:
@@ -164,6 +144,7 @@ def ensure_gallery(settings: Settings, model_id: str, embedding_dim: int) -> Any
         max_restarts=-1,
         max_task_retries=0,  # RayCompute retries transient failures itself
         scheduling_strategy=_gallery_strategy(settings),
+        # Ray pickles constructor arguments and keeps them (to restart actors): send no secrets.
     ).remote(settings.without_secrets(), model_id, embedding_dim)
 
 

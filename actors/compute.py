@@ -6,14 +6,11 @@ gallery (``_analyze`` / ``_gallery``).
 
 from __future__ import annotations
 
-import itertools
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import ray
 from ray.exceptions import (
     ActorDiedError,
     ActorUnschedulableError,
@@ -21,6 +18,7 @@ from ray.exceptions import (
     RayError,
     RayTaskError,
 )
+from ray.serve.exceptions import RayServeException
 
 from actors.cluster import Actors, ensure_gallery
 from actors.gallery import Gallery
@@ -76,11 +74,12 @@ class GalleryCalls(ABC):
         return await self._gallery("sightings.purge")
 
 
-def classified(exc: RayError) -> Exception:
-    """Ray's failures in the taxonomy: an exception raised by the actor's own code is
-    permanent (the same input would raise it again) unless it is a lost connection or a
-    timeout (e.g. the gallery's server away); the actor or its node dying, being unreachable
-    or restarting, an object lost, a timeout, are transient."""
+def classified(exc: RayError | RayServeException) -> Exception:
+    """Ray's failures in the taxonomy: an exception raised by the actor's (or replica's) own
+    code is permanent (the same input would raise it again) unless it is a lost connection or
+    a timeout (e.g. the gallery's server away); the actor, replica or node dying, being
+    unreachable or restarting, an object lost, a timeout, Serve's own refusals (no replica
+    for the call, its queue full), are transient."""
     if isinstance(exc, RayTaskError):
         cause = exc.cause or exc
         lost_connection = isinstance(cause, ConnectionError | TimeoutError | TransientError)
@@ -88,10 +87,10 @@ def classified(exc: RayError) -> Exception:
     return TransientError(one_line(exc))
 
 
-async def _awaited(ref: Any) -> Any:
+async def _awaited(response: Any) -> Any:
     try:
-        return await ref
-    except RayError as exc:
+        return await response
+    except (RayError, RayServeException) as exc:
         raise classified(exc) from exc
 
 
@@ -100,14 +99,16 @@ def _actor_restarting(exc: BaseException) -> bool:
 
 
 class RayCompute(GalleryCalls):
-    """Calls into the actors, retried with backoff; round-robin over model replicas.
+    """Calls into the model application (through its Serve handle) and the gallery actor,
+    retried with backoff.
 
     ``on_failure(call, actor_restarting)`` hears of every failed attempt (for metrics).
 
-    Only transient failures are retried. Model calls give up after ``retry.attempts`` (an
-    image may be killing the model). Gallery calls never give up on a transient failure: an
-    unreachable gallery makes the worker wait, and nothing is acknowledged meanwhile. A
-    permanent failure (or one nobody classified) is raised at once.
+    Only transient failures are retried; Serve routes each try to a replica with room (or
+    waits for one). Model calls give up after ``retry.attempts`` (an image may be killing
+    the model). Gallery calls never give up on a transient failure: an unreachable gallery
+    makes the worker wait, and nothing is acknowledged meanwhile. A permanent failure (or
+    one nobody classified) is raised at once.
     """
 
     def __init__(
@@ -122,36 +123,11 @@ class RayCompute(GalleryCalls):
         self.embedding_dim = actors.embedding_dim
         self.providers = actors.providers
         self._on_failure = on_failure
-        self._turn = itertools.count()
-        # Replica index -> time until which it is avoided after a failure (while it restarts),
-        # so that a retry goes to a healthy replica when there is one.
-        self._avoid_until: dict[int, float] = {}
-
-    def _next_replica(self) -> int:
-        n, now = len(self.actors.models), time.monotonic()
-        start = next(self._turn)
-        for i in range(start, start + n):
-            if self._avoid_until.get(i % n, 0.0) <= now:
-                return i % n
-        return start % n  # all are failing: keep trying in turn
 
     async def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
-        # Into the object store once, not once per attempt.
-        payload = ray.put(blobs) if ray.is_initialized() else blobs
-        replica = 0
-
-        def call() -> Any:
-            nonlocal replica
-            replica = self._next_replica()
-            return _awaited(self.actors.models[replica].analyze.remote(payload))
-
-        def failed(exc: Exception) -> None:
-            self._avoid_until[replica] = time.monotonic() + 10 * self.settings.retry.backoff_s
-            self._on_failure("model", _actor_restarting(exc))
-
         return await retry(
-            call,
-            on_failure=failed,
+            lambda: _awaited(self.actors.model.analyze.remote(blobs)),
+            on_failure=lambda exc: self._on_failure("model", _actor_restarting(exc)),
             what="model call",
             attempts=self.settings.retry.attempts,
             backoff_s=self.settings.retry.backoff_s,

@@ -1,8 +1,8 @@
-"""The Ray actors: a pool of model replicas, and the gallery's owner.
+"""The gallery's owner, a Ray actor (the model tier is a Serve application: ``actors.serving``).
 
-Each model replica holds its own onnxruntime sessions; the gallery actor is a singleton
-because the embedded engine may be opened by one process only. How workers find them:
-``actors.cluster``; how they call them: ``actors.compute``.
+The gallery actor is a singleton because the embedded engine may be opened by one process
+only: a Serve deployment would add nothing that one pinned actor lacks. How workers find it:
+``actors.cluster``; how they call it: ``actors.compute``.
 """
 
 from __future__ import annotations
@@ -31,12 +31,9 @@ from actors.gallery import (
 )
 from actors.gallery.edge import OWNER_FILE
 from actors.gallery.sightings import Sightings
-from actors.models import load_face_model
 from core.buckets import STAGE_BUCKETS
 from core.concurrency import ReadWriteLock
 from core.errors import TransientError, one_line
-from core.faces import ImageFaces
-from core.imaging import ImageRejected
 from core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,7 +56,7 @@ GALLERY_METHODS = frozenset(
 SIGHTINGS_METHODS = frozenset({"record", "search", "purge", "size"})
 
 
-def _stage_histogram() -> Any:
+def stage_histogram() -> Any:
     """Actor-side stage timings, exported by the Ray node as ray_facestream_actor_stage_seconds."""
     from ray.util.metrics import Histogram
 
@@ -71,30 +68,8 @@ def _stage_histogram() -> Any:
     )
 
 
-def _placement() -> dict[str, Any]:
+def placement() -> dict[str, Any]:
     return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
-
-
-@ray.remote
-class ModelActor:
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.model = load_face_model(settings)
-        self.stage = _stage_histogram()
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "model_id": self.model.model_id,
-            "embedding_dim": self.model.embedding_dim,
-            "providers": self.model.providers,
-            **_placement(),
-        }
-
-    def analyze(self, blobs: list[bytes]) -> list[ImageFaces | ImageRejected]:
-        results = self.model.analyze_bytes(blobs, self.settings.limits)
-        for stage, seconds in self.model.last_timings.items():
-            self.stage.observe(seconds, tags={"stage": stage})
-        return results
 
 
 # Gallery methods that write: refused (for a retry) while fenced, or while the pointer names
@@ -154,7 +129,7 @@ class GalleryActor:
         self.generation = current_generation(settings, client) or Generation(model_id)
         self._checked_at = time.monotonic()
         self.sightings = Sightings(settings, model_id, dim) if settings.sightings.enabled else None
-        self.stage = _stage_histogram()
+        self.stage = stage_histogram()
         self._record_owner()
 
     # -- where it runs ---------------------------------------------------------------------
@@ -368,7 +343,7 @@ class GalleryActor:
                 "generation": self.generation.as_dict(),
                 "size": self.gallery.size(),
                 "fenced": time.monotonic() < self._fenced_until,
-                **_placement(),
+                **placement(),
             }
 
 

@@ -7,7 +7,7 @@ line holding its figures. Results and their reading: BENCHMARKS.md.
 
 import os
 
-# Ray starts the model actor with OMP_NUM_THREADS set to its num_cpus (1 by default), which
+# Ray starts each model replica with OMP_NUM_THREADS set to its num_cpus (1 by default), which
 # also caps OpenBLAS. The bare models measured in this process must get the same thread
 # budget, and it only takes effect if set before numpy is first imported: here, since
 # ``python -m bench.x`` imports this package first. (Unset, OpenBLAS starts one thread per

@@ -59,7 +59,8 @@ def classify_process(proc: psutil.Process, root_label: str) -> str:
     if "facestream.cli" in cmd and "worker" in cmd:
         return "Faust worker (agents, Ray driver)"
     for marker, label in (
-        ("ModelActor", "model actor (decode+detect+embed)"),
+        ("ServeReplica", "model replicas (decode+detect+embed)"),
+        ("ServeController", "ray: serve controller"),
         ("GalleryActor", "gallery actor (search)"),
         ("gcs_server", "ray: gcs_server"),
         ("raylet", "ray: raylet"),

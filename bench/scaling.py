@@ -3,7 +3,7 @@
     python -m bench.scaling [--images 120] [--cases 1x1,1x2,2x1,2x2]
 
 Each case (``WORKERSxREPLICAS``) runs on a fresh embedded stack with a shared Ray head (the
-workers of one consumer group share the model actors, as in production); the same photos go
+workers of one consumer group share the model application, as in production); the same photos go
 through it as fast as the broker takes them, after a warm-up. Right before, with the stack
 up, the bare models run on the same photos in this process (one replica's worth: the
 reference). Beside the throughput, the CPU time of every component per image shows where the
@@ -97,8 +97,15 @@ def run_case(
     count: int,
 ) -> Case:
     log(f"{workers} worker(s), {replicas} model replica(s): starting a stack...")
-    # ``workers`` Faust workers sharing one Ray head that holds ``replicas`` model actors.
-    scaled = running_stack(base, workers=workers, shared_ray=True, ray__model_replicas=replicas)
+    # ``workers`` Faust workers sharing one Ray head whose model application runs exactly
+    # ``replicas`` replicas (autoscaling pinned).
+    scaled = running_stack(
+        base,
+        workers=workers,
+        shared_ray=True,
+        ray__min_replicas=replicas,
+        ray__max_replicas=replicas,
+    )
     with scaled as running:
         stack, settings = running.stack, running.settings
         wait_until_ready(stack)

@@ -94,7 +94,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             with running_stack(base, model__intra_op_threads=intra) as running:
                 warm_up(running, photos)
                 measured = run_round(model, running, photos, args.images, f"intra{intra}")
-            model_cpu = sum(v for k, v in measured.pipe_cpu.items() if k.startswith("model actor"))
+            cpu = measured.pipe_cpu.items()
+            model_cpu = sum(v for k, v in cpu if k.startswith("model replica"))
             other_bare, other_pipe = measured.other_load()
             pipe_rows.append(
                 [intra, measured.bare.images_per_s, measured.bare.cores, measured.pipe_rate,
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         common.print_table(
             f"pipeline vs model.intra_op_threads ({args.images} images, one stack each)",
             ["intra_op_threads", "bare img/s", "bare cores", "pipeline img/s",
-             "model actor cores", "ratio", "foreign load bare / pipeline (cores)"],
+             "model replica cores", "ratio", "foreign load bare / pipeline (cores)"],
             pipe_rows,
         )  # fmt: skip
     common.emit_json(

@@ -43,7 +43,8 @@ MESSAGE_HEADROOM_BYTES = 64 * 1024
 Count = Annotated[int, Field(ge=1)]
 Bytes = Annotated[int, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Seconds = PositiveFloat
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's rule
@@ -444,14 +445,78 @@ class RaySettings(Group):
     )
     namespace: str = Field("facestream", min_length=1, description="Ray namespace.")
     num_cpus: Count | None = Field(None, description="CPUs of the local Ray; none: all of them.")
-    model_replicas: Count = Field(1, description="Model actors serving every worker.")
-    model_num_cpus: NonNegative = Field(1.0, description="CPUs reserved per model actor.")
+    model_num_cpus: NonNegative = Field(1.0, description="CPUs reserved per model replica.")
     model_num_gpus: NonNegative = Field(
-        0.0, description="GPUs per model actor; fractions share a GPU (0.25: four per GPU)."
+        0.0, description="GPUs per model replica; fractions share a GPU (0.25: four per GPU)."
+    )
+    # The model tier is a Ray Serve application (README, "The model tier on Ray Serve"): the
+    # fields below are its autoscaling, batching and health settings. A request is one
+    # worker batch (up to batch.size images).
+    min_replicas: Count = Field(
+        1, description="Model replicas kept running however quiet the stream is."
+    )
+    max_replicas: Count | None = Field(
+        None,
+        description="Most model replicas the autoscaler starts; none: as many as the Ray"
+        " cluster's CPUs (GPUs) hold at deploy time, model_num_cpus (model_num_gpus) each.",
+    )
+    target_ongoing_requests: PositiveFloat = Field(
+        1.0,
+        description="Worker batches in progress or queued per replica that the autoscaler"
+        " aims at: more per replica starts replicas, fewer stops them.",
+    )
+    max_ongoing_requests: Count = Field(
+        4,
+        description="Worker batches one replica holds at once (running, merging, queued);"
+        " the rest wait in the worker's handle for a free replica.",
+    )
+    max_batch_size: Count = Field(
+        4,
+        description="Worker batches (of any workers) merged into one model run, at most"
+        " max_ongoing_requests. Raise on GPU, where one large run beats several small ones.",
+    )
+    batch_wait_s: NonNegative = Field(
+        0.0,
+        description="Longest wait for more worker batches to merge, seconds: added to every"
+        " lone batch. 0: merge only what is already queued (CPU); ~0.005-0.02 on GPU.",
+    )
+    upscale_delay_s: NonNegative = Field(
+        5.0, description="Load must stay above target this long before replicas are added, s."
+    )
+    downscale_delay_s: NonNegative = Field(
+        60.0, description="Load must stay below target this long before replicas stop, s."
+    )
+    look_back_s: Seconds = Field(
+        10.0, description="Window over which the autoscaler averages ongoing requests, s."
+    )
+    health_check_period_s: Seconds = Field(
+        10.0,
+        description="How often each replica checks its model (provider, known photo), s; a"
+        " failing replica is replaced.",
+    )
+    retire_after_s: Seconds = Field(
+        60.0,
+        description="A model application that no running worker has claimed for this long"
+        " is deleted (a rollout's old model), s.",
     )
     metrics_export_port: Port | None = Field(
         9465, description="Metrics port of the local Ray (actor stage timings); none: Ray picks."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> RaySettings:
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"FACESTREAM_RAY__MAX_REPLICAS={self.max_replicas} must be at least"
+                f" FACESTREAM_RAY__MIN_REPLICAS={self.min_replicas}"
+            )
+        if self.max_batch_size > self.max_ongoing_requests:  # such batches could never form
+            raise ValueError(
+                f"FACESTREAM_RAY__MAX_BATCH_SIZE={self.max_batch_size} must be at most"
+                f" FACESTREAM_RAY__MAX_ONGOING_REQUESTS={self.max_ongoing_requests}, the"
+                " batches a replica holds"
+            )
+        return self
 
 
 class Settings(BaseSettings):

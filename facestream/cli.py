@@ -906,6 +906,58 @@ def reindex(batch: int, force: bool, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--retire", "retire_app", metavar="APPLICATION", help="delete this one now")
+@click.option("--force", is_flag=True, help="retire it even while a worker still claims it")
+@click.option("--json", "as_json", is_flag=True, help="one JSON line instead of the table")
+def models(retire_app: str | None, force: bool, as_json: bool) -> None:
+    """The model applications of this deployment on Ray Serve: one per model (and per
+    model-relevant settings), their status, replicas and last claim by a running worker.
+
+    An application that no worker has claimed for FACESTREAM_RAY__RETIRE_AFTER_S (the old
+    model, once every worker runs the new one) is deleted by the workers themselves;
+    --retire deletes one now.
+    """
+    from actors.gallery import current_model
+    from facestream.offline import join_deployment_ray
+
+    settings = _settings()
+    if not join_deployment_ray(settings, current_model(settings)):
+        raise click.ClickException(
+            "no running deployment found: start the workers, or set FACESTREAM_RAY__ADDRESS"
+        )
+    from actors.serving import model_apps, retire
+
+    apps = model_apps(settings)
+    if retire_app is not None:
+        if retire_app not in apps:
+            raise click.ClickException(f"no model application {retire_app!r}; have {sorted(apps)}")
+        age = time.time() - (apps[retire_app]["claimed_at"] or 0.0)
+        if age < settings.ray.retire_after_s and not force:
+            raise click.ClickException(
+                f"{retire_app} was claimed by a running worker {age:.0f} s ago: stop its"
+                " workers first (or --force, and they fail until restarted)"
+            )
+        retire(settings, retire_app)
+        apps[retire_app]["status"] = "DELETING"
+    if as_json:
+        click.echo(json.dumps(apps))
+        return
+    rows = [
+        {
+            "application": name,
+            "status": app["status"],
+            "replicas": ", ".join(f"{n} {state.lower()}" for state, n in app["replicas"].items()),
+            "last claimed": "never"
+            if app["claimed_at"] is None
+            else f"{time.time() - app['claimed_at']:.0f} s ago",
+        }
+        for name, app in sorted(apps.items())
+    ]
+    columns = ["application", "status", "replicas", "last claimed"]
+    console.print(rows_table("model applications (Ray Serve)", rows, columns))
+
+
+@main.command()
 def topics() -> None:
     """Create the deployment's topics if missing (production initialisation)."""
     from streams.topics import ensure_topics, topic_specs

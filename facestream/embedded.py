@@ -193,6 +193,7 @@ class RayHead(ChildProcess):
 
     def __init__(self, run_dir: Path, num_cpus: int | None = None) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()  # its metrics agent: the head's actors and replicas
         token = run_dir / "ray-token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
@@ -210,6 +211,7 @@ class RayHead(ChildProcess):
             "--node-ip-address=127.0.0.1",
             "--include-dashboard=false",
             "--disable-usage-stats",
+            f"--metrics-export-port={self.metrics_port}",
         ]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")

@@ -144,16 +144,15 @@ def _owner_address(settings: Settings, model_id: str) -> str | None:
     return owner["ray_address"]
 
 
-def _owner_actor(settings: Settings, model_id: str | None) -> Any:
-    """The running deployment's gallery actor, connected to; None when there is none."""
-    if model_id is None:
-        return None
-    address = _owner_address(settings, model_id)  # before importing ray: it reads RAY_AUTH_*
+def join_deployment_ray(settings: Settings, model_id: str | None) -> bool:
+    """Connect to the deployment's Ray cluster: the configured one, else the local Ray of the
+    worker that owns ``model_id``'s edge gallery. False when none answers."""
+    if model_id is None and not settings.ray.address:
+        return False
+    address = _owner_address(settings, model_id or "")  # before importing ray: RAY_AUTH_*
     if address is None:
-        return None
+        return False
     import ray
-
-    from actors.cluster import find_gallery
 
     try:
         ray.init(
@@ -163,7 +162,18 @@ def _owner_actor(settings: Settings, model_id: str | None) -> Any:
             logging_level=logging.WARNING,
         )
     except (ConnectionError, RuntimeError):
-        return None  # the owner is gone: the gallery can be opened directly
+        return False
+    return True
+
+
+def _owner_actor(settings: Settings, model_id: str | None) -> Any:
+    """The running deployment's gallery actor, connected to; None when there is none."""
+    if model_id is None or not join_deployment_ray(settings, model_id):
+        return None  # no owner, or it is gone: the gallery can be opened directly
+    import ray
+
+    from actors.cluster import find_gallery
+
     try:
         return find_gallery(settings, model_id)
     except ValueError:

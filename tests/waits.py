@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -30,6 +27,7 @@ from streams.clients import ImageToSend, outcome_topics, producer, tail
 from streams.records import image_headers
 from streams.security import aiokafka_kwargs
 from tests.flow import FlowReport, RawRecord, run_flow
+from tests.ray_probe import probe
 
 # -- a worker's metrics endpoint ---------------------------------------------------------------
 
@@ -202,77 +200,12 @@ def wait_for_assignment(
 
 # -- the Ray cluster: its nodes, and where the actors run ---------------------------------------
 
-# Asked in a child process with the head's Ray environment: a Ray driver in the test process
-# would keep the first auth token it loaded (Ray caches it) for good. argv: the question, then
-# node ids that must be seen dead first; it prints the answer once there is one.
-RAY_QUESTION = """
-import json, sys, ray
-from ray.exceptions import RayError
-from actors.cluster import gallery_actor_name, model_actor_names
-from core.settings import Settings
-from core.waiting import wait_until
-
-settings = Settings()
-question, lost = sys.argv[1], set(sys.argv[2:])
-ray.init(address=settings.ray.address, namespace=settings.ray.namespace, log_to_driver=False,
-         logging_level="ERROR")
-
-def info(name):
-    # A restarted actor answers when Ray has brought it back, not before: ask until it does.
-    def answer():
-        try:
-            return ray.get(ray.get_actor(name).info.remote(), timeout=30)
-        except (RayError, ValueError):  # restarting, unavailable, not (yet) registered
-            return None
-    return wait_until(answer, timeout_s=240, what=f"actor {name} answering", interval_s=0.5)
-
-def alive_nodes():
-    nodes = {n["NodeID"]: n["NodeManagerPort"] for n in ray.nodes() if n["Alive"]}
-    return None if lost & nodes.keys() else nodes
-
-def gallery_name():
-    return gallery_actor_name(settings, info(model_actor_names(settings)[0])["model_id"])
-
-def settled():
-    nodes = alive_nodes()
-    if nodes is None:
-        return None
-    models = {name: info(name) for name in model_actor_names(settings)}
-    gallery = info(gallery_name())
-    if not {i["node_id"] for i in [*models.values(), gallery]} <= nodes.keys():
-        return None  # an answer from before a node was lost: ask again
-    return {"models": models, "gallery": gallery, "nodes": nodes}
-
-def gallery_gone():
-    # Dead for good, its name free: neither restarting nor placed on another node.
-    nodes = alive_nodes()
-    if nodes is None:
-        return None
-    try:
-        ray.get_actor(gallery_name())
-    except ValueError:
-        return {"nodes": nodes}
-    return None
-
-ask = {"settled": settled, "nodes": alive_nodes, "gallery-gone": gallery_gone}[question]
-print(json.dumps(wait_until(ask, timeout_s=240, what=question, interval_s=1)))
-"""
-
 
 def ask_ray(stack: EmbeddedStack, question: str, lost: Sequence[str] = ()) -> Any:
-    """The answer to ``question`` (see RAY_QUESTION) about the stack's Ray cluster, once
-    there is one and the ``lost`` nodes are known dead."""
+    """The answer to ``question`` (a ``tests.ray_probe`` command) about the stack's Ray
+    cluster, once there is one and the ``lost`` nodes are known dead."""
     assert stack.ray_head is not None
-    env = {**os.environ, **stack.settings.env(), **stack.ray_head.env}
-    done = subprocess.run(
-        [sys.executable, "-c", RAY_QUESTION, question, *lost],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return probe({**stack.settings.env(), **stack.ray_head.env}, question, *lost)
 
 
 def node_labels(stack: EmbeddedStack, ports: dict[str, int]) -> dict[str, str]:
@@ -294,7 +227,7 @@ def wait_for_gallery_gone(stack: EmbeddedStack, lost: Sequence[str]) -> None:
 
 @dataclass
 class ClusterView:
-    models: dict[str, str]  # model actor name -> node id
+    models: dict[str, str]  # model replica (its actor's name) -> node id
     model_pid: dict[str, int]
     gallery_node: str
     gallery_size: int  # photos in the gallery the actor serves
@@ -305,9 +238,10 @@ class ClusterView:
 
 
 def cluster_view(stack: EmbeddedStack, lost: tuple[str, ...] = ()) -> ClusterView:
-    """Where the actors run, once every actor answers from a live node (and the ``lost``
-    nodes are known dead): Ray restarts actors in its own time."""
-    view = ask_ray(stack, "settled", lost)
+    """Where the model replicas and the gallery actor run, once every one answers from a live
+    node (and the ``lost`` nodes are known dead): Ray and Serve restart them in their own
+    time."""
+    view = ask_ray(stack, "view", lost)
     return ClusterView(
         models={a: info["node_id"] for a, info in view["models"].items()},
         model_pid={a: info["pid"] for a, info in view["models"].items()},

@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,8 +34,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from actors.cluster import model_actor_names
-from core.settings import Settings
 from core.waiting import wait_until
 from devtools import render_dashboard as rd
 from facestream.embedded import EmbeddedStack, free_port
@@ -50,6 +47,7 @@ from facestream.prometheus_server import (
 from facestream.status import status_rows, status_summary
 from streams.clients import ImageToSend
 from tests.conftest import Pipeline, embedded_settings, unique
+from tests.fault_patches import fault_env
 from tests.integration.test_quality import tiny
 
 pytestmark = pytest.mark.integration
@@ -185,36 +183,6 @@ def traffic(samples: Path, round_no: int) -> list[ImageToSend]:
     return images
 
 
-KILL_ACTOR = """
-import sys
-import ray
-address, namespace, name = sys.argv[1:]
-ray.init(address=address, namespace=namespace, log_to_driver=False)
-ray.kill(ray.get_actor(name), no_restart=True)
-"""
-
-
-def kill_model_replica(settings: Settings, env: dict[str, str]) -> None:
-    """Kill the second model replica for good, from a Ray driver of our own. The worker's
-    calls that reach it fail and are retried on the first: retries and actor deaths, with
-    every image still answered (a SIGKILL would only make Ray restart it unnoticed)."""
-    owner = json.loads(next(settings.gallery.path.rglob("owner.json")).read_text())
-    name = model_actor_names(settings)[1]
-    args = [owner["ray_address"], settings.ray.namespace, name]
-    # The worker's Ray requires a token (Ray's default), as facestream/offline.py connects.
-    auth = {"RAY_AUTH_MODE": "token"}
-    if owner.get("ray_auth_token_path"):
-        auth["RAY_AUTH_TOKEN_PATH"] = owner["ray_auth_token_path"]
-    done = subprocess.run(
-        [sys.executable, "-c", KILL_ACTOR, *args],
-        env={**os.environ, **auth, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
 def panel_queries() -> Iterator[tuple[str, str]]:
     """(where, PromQL) of every target of every panel of every dashboard, expanded."""
     for path in DASHBOARDS:
@@ -243,9 +211,11 @@ class Run:
 def run(samples: Path) -> Iterator[Run]:
     binary("prometheus")
     run_dir = Path(tempfile.mkdtemp(prefix="fsd-"))  # short: Ray puts sockets here
-    # Two model replicas, so that one can be lost while the other answers.
-    settings = embedded_settings(run_dir, ray__model_replicas=2)
-    with EmbeddedStack(settings, run_dir) as stack:
+    settings = embedded_settings(run_dir)
+    fault = run_dir / "fault"
+    stack = EmbeddedStack(settings, run_dir)
+    stack.worker_env.update(fault_env("die-in-call", fault))  # its local Ray's replicas
+    with stack:
         worker = stack.workers[0]
         write_local_config(
             run_dir / "prometheus",
@@ -262,7 +232,10 @@ def run(samples: Path) -> Iterator[Run]:
             before, after = ROUNDS
             for i in range(before + after):
                 if i == before:
-                    kill_model_replica(settings, stack.worker_env)
+                    # The replica dies in its next model run: the worker's call fails and is
+                    # retried, and waits in the handle for Serve's replacement: retries and an
+                    # actor death, with every image still answered.
+                    (fault / "trigger").touch()
                 pipeline.run(traffic(samples, i))
                 time.sleep(2)  # rate() wants samples spread over its window
             # Ray's agent exports actor metrics ~10 s after they are recorded; the lag gauge

@@ -23,6 +23,7 @@ from streams.clients import ImageToSend, outcome_topics
 from tests.conftest import Pipeline, embedded_settings, unique
 from tests.flow import FlowReport, run_flow
 from tests.waits import (
+    Fault,
     assert_faults_ran,
     committed_offsets,
     port_free,
@@ -50,8 +51,9 @@ def stream_of(samples: Path, n: int, tag: str) -> list[ImageToSend]:
 
 def actor_process(stack: EmbeddedStack, name: str) -> psutil.Process:
     """One of this stack's Ray actor processes, found by the title Ray gives it
-    (``ray::ModelActor``...) among the descendants of the stack's own processes (its Ray
-    nodes, or a worker's local Ray): never another run's actor on a shared machine."""
+    (``ray::ServeReplica:<app>:FaceModel`` for a model replica, ``ray::GalleryActor``...)
+    among the descendants of the stack's own processes (its Ray nodes, or a worker's local
+    Ray): never another run's actor on a shared machine."""
     roots = [stack.ray_head, *stack.ray_nodes, *stack.workers]
     for root in (r for r in roots if r is not None and r.alive()):
         try:
@@ -79,6 +81,17 @@ def check(report: FlowReport, images: list[ImageToSend], stack: EmbeddedStack) -
             assert kind == "dlq" and event["reason"] == "not_an_image"
         else:
             assert kind == "match", event
+
+
+def checked_flow(
+    stack: EmbeddedStack, images: list[ImageToSend], faults: dict[int, Fault], **flow: object
+) -> FlowReport:
+    """``run_flow_with_faults`` on the stack, then every image checked (``check``) and every
+    fault seen run."""
+    report, done_at = asyncio.run(run_flow_with_faults(stack.settings, images, faults, **flow))
+    check(report, images, stack)
+    assert_faults_ran(done_at, faults)
+    return report
 
 
 def new_stack(
@@ -114,7 +127,7 @@ def test_chaos_worker_killed_model_actor_killed_gallery_stalled(samples: Path) -
         # Each fault once so many images have an outcome: always mid-stream, whatever the pace.
         faults = {
             60: stack.workers[0].kill,  # SIGKILL: worker-1 must take over its partitions
-            140: lambda: actor_process(stack, "ModelActor").send_signal(signal.SIGKILL),
+            140: lambda: actor_process(stack, "ServeReplica").send_signal(signal.SIGKILL),
             220: stall_gallery,
         }
         report, done_at = asyncio.run(

@@ -46,7 +46,7 @@ def print_nodes(view: ClusterView, cpu: dict[str, float]) -> None:
     for node_id, label in sorted(view.node_label.items(), key=lambda item: item[1]):
         models = view.models_on(node_id)
         busy = sum(cpu.get(a, 0.0) for a in models)
-        names = [a.split("-model-")[1] for a in models]
+        names = [a.rsplit("#", 1)[1] for a in models]  # Serve's replica ids
         gallery = "  + gallery actor" if node_id == view.gallery_node else ""
         print(
             f"  {label:<10} node {node_id[:8]}  model replicas {names}  CPU {busy:5.1f} s{gallery}"
@@ -87,9 +87,10 @@ def spread_over_partitions(images: list[ImageToSend], partitions: int) -> list[I
 def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_node_go(
     samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Two model replicas of one CPU each, placed with SPREAD (actors/cluster.py): two nodes.
+    # Two model replicas of one CPU each, which Serve spreads over the nodes: two nodes.
     # new_stack takes its settings from the environment.
-    monkeypatch.setenv("FACESTREAM_RAY__MODEL_REPLICAS", "2")
+    monkeypatch.setenv("FACESTREAM_RAY__MIN_REPLICAS", "2")
+    monkeypatch.setenv("FACESTREAM_RAY__MAX_REPLICAS", "2")
     stack, _ = new_stack(samples, workers=2, shared_ray=True, ray_nodes=2)
     try:
         partitions = stack.settings.topics.images_partitions

@@ -246,7 +246,7 @@ def test_without_secrets_removes_every_secret_and_nothing_else() -> None:
 
 
 def test_settings_sent_to_actors_hold_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    from actors import cluster
+    from actors import cluster, serving
 
     sent: list[tuple[Any, ...]] = []
 
@@ -258,12 +258,16 @@ def test_settings_sent_to_actors_hold_no_secret(monkeypatch: pytest.MonkeyPatch)
             sent.append(args)
             return SimpleNamespace(info=SimpleNamespace(remote=lambda: None))
 
-    info = {"model_id": "m@1", "embedding_dim": 512, "providers": ["CPUExecutionProvider"]}
-    monkeypatch.setattr(cluster, "ModelActor", FakeActorClass())
+    app = serving.ModelApp("app", None, "m@1", 512, ["CPUExecutionProvider"], None)  # type: ignore[arg-type]
+    monkeypatch.setattr(cluster, "ensure_model_app", lambda settings: app)
     monkeypatch.setattr(cluster, "GalleryActor", FakeActorClass())
-    monkeypatch.setattr(cluster.ray, "get", lambda _: info)
-    cluster.ensure_actors(with_secrets().override(ray__model_replicas=2))
-    assert len(sent) == 3  # two model actors and the gallery actor
+    monkeypatch.setattr(cluster.ray, "get", lambda _: None)
+    settings = with_secrets().override(ray__max_replicas=2)
+    cluster.ensure_actors(settings)
+    # What Serve keeps to start the model replicas: the application's bound arguments.
+    bound = serving.model_application(settings)._bound_deployment.init_args
+    sent.append(bound)
+    assert len(sent) == 2  # the gallery actor and the model application
     assert all(isinstance(args[0], Settings) for args in sent)
     assert SECRET.encode() not in pickle.dumps(sent)
 
@@ -317,6 +321,21 @@ def test_heartbeat_must_be_shorter_than_the_session(monkeypatch: pytest.MonkeyPa
     ).tuning == PROFILE_TUNING["production"].model_copy(update={"heartbeat_interval_s": 5.0})
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FACESTREAM_RAY__MIN_REPLICAS": "3", "FACESTREAM_RAY__MAX_REPLICAS": "2"},
+         ("MAX_REPLICAS=2", "MIN_REPLICAS=3")),
+        ({"FACESTREAM_RAY__MAX_BATCH_SIZE": "8"}, ("MAX_BATCH_SIZE=8", "MAX_ONGOING_REQUESTS=4")),
+    ],
+)  # fmt: skip
+def test_autoscaling_settings_that_contradict_each_other_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: tuple[str, str]
+) -> None:
+    message = one_line_error(monkeypatch, **env)
+    assert all(name in message for name in named), message
+
+
 # -- 5. dangerous values are refused, naming the variable -----------------------------------
 
 COUNTS = [
@@ -325,7 +344,7 @@ COUNTS = [
     "BATCH__IN_FLIGHT_BATCHES",
     "TOPICS__IMAGES_PARTITIONS",
     "TOPICS__REPLICATION_FACTOR",
-    "RAY__MODEL_REPLICAS",
+    "RAY__MIN_REPLICAS",
     "MODEL__MAX_FACES_PER_IMAGE",
     "RETRY__ATTEMPTS",
     "METRICS__MAX_SOURCES",
