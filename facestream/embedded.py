@@ -7,6 +7,7 @@ processes a production deployment runs, only on one machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -26,9 +27,17 @@ from streams.topics import ensure_topics
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: each socket is held until all are chosen, since the kernel
+    may hand out a port it just gave to a socket now closed (two Ray agents on one port)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def unique_id(prefix: str) -> str:
@@ -192,8 +201,8 @@ class RayHead(ChildProcess):
     """A Ray head node that several workers join (token auth, its own temp dir)."""
 
     def __init__(self, run_dir: Path, num_cpus: int | None = None) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()  # its metrics agent: the head's actors and replicas
+        # metrics_port: its metrics agent (the head's actors and replicas)
+        self.port, self.metrics_port = free_ports(2)
         token = run_dir / "ray-token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
@@ -248,7 +257,7 @@ class RayNode(ChildProcess):
     ) -> None:
         """``ip``: any loopback address (127.x.y.z), so that nodes of one machine can have
         addresses of their own, as the machines of a real cluster do."""
-        self.ports = {flag: free_port() for flag in self.PORT_FLAGS}
+        self.ports = dict(zip(self.PORT_FLAGS, free_ports(len(self.PORT_FLAGS)), strict=True))
         cmd = [
             _venv_binary("ray"),
             "start",
@@ -280,7 +289,7 @@ class Worker(ChildProcess):
     """
 
     def __init__(self, settings: Settings, log_path: Path, extra_env: dict[str, str] | None = None):
-        self.metrics_port, self.ray_metrics_port = free_port(), free_port()
+        self.metrics_port, self.ray_metrics_port = free_ports(2)
         settings = settings.override(
             metrics__port=self.metrics_port, ray__metrics_export_port=self.ray_metrics_port
         )
