@@ -16,13 +16,12 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.formats import FORMATS
 from core.settings import ImageLimits
 
 # Pillow's own bomb guard would raise before ours with a less useful message.
 Image.MAX_IMAGE_PIXELS = None
 
-# The formats facestream opens (Pillow's names); anything else is not_an_image.
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # The detector sees the image scaled to fit its input square; below this many pixels the
 # short side holds no face and OpenCV's resize fails outright.
 MIN_SIDE_AT_DETECTION = 8

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.formats import named_as_image
 from core.settings import Settings
 from streams.enrollment import MAX_PHOTOS, EnrollmentRequest, Photo, identity_problem
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MANIFEST_COLUMNS = ("identity", "name", "photo", "basis")
 # Of the broker's message limit, what one request's photos may take (base64: 4/3 of the
 # bytes; the JSON around them is small).
@@ -72,16 +72,14 @@ def plan(source: Path, basis: str | None) -> Plan:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    return sorted(p for p in folder.rglob("*") if named_as_image(p) and p.is_file())
 
 
 def _plan_folder(folder: Path, basis: str | None) -> Plan:
     out = Plan([])
     for item in sorted(folder.iterdir()):
         if not item.is_dir():
-            if item.suffix.lower() in IMAGE_SUFFIXES:
+            if named_as_image(item):
                 out.skipped.append(f"{item}: not in a person's subfolder")
             continue
         if problem := identity_problem(item.name):

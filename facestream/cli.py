@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.progress import Progress
 
+from core.formats import named_as_image
 from core.settings import Settings
 from facestream.render import console, event_line, kv_table, rows_table
 from facestream.tally import Tally
@@ -25,8 +26,6 @@ from facestream.tally import Tally
 if TYPE_CHECKING:
     from facestream.embedded import EmbeddedStack
     from facestream.prometheus_server import PrometheusServer
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
 def _settings() -> Settings:
@@ -100,7 +99,7 @@ def _image_files(paths: tuple[str, ...]) -> list[Path]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*") if named_as_image(p))
             files.extend(p for p in found if p.is_file() or _skipped(p, "not a file"))
         elif path.is_file():
             files.append(path)

@@ -66,12 +66,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.events import ImageMeta
+from core.formats import named_as_image
 from core.settings import Settings
 
 if TYPE_CHECKING:
     from actors.models import FaceModel
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 THRESHOLDS = [0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6]
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 REVIEW_TARGET_FACTOR = 10.0  # the review threshold's target FPIR: this times the match target
@@ -89,7 +89,7 @@ GENUINE_OUTCOMES = (
 
 
 def photos_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if named_as_image(p))
 
 
 # -- rates and intervals ---------------------------------------------------------------------

@@ -35,7 +35,8 @@ import numpy as np
 from PIL import Image
 
 from core.faces import DetectedFace, ImageFaces
-from core.imaging import FORMATS, ImageRejected, decode_image
+from core.formats import FORMATS
+from core.imaging import ImageRejected, decode_image
 from core.quality import measure
 from core.settings import ImageLimits
 
