@@ -251,7 +251,12 @@ class ImageLimits(Group):
 
 class BatchSettings(Group):
     size: Count = Field(8, le=1024, description="Images per model call (larger on GPU).")
-    wait_ms: int = Field(50, ge=0, description="Longest wait for a batch to fill, milliseconds.")
+    wait_ms: int = Field(
+        10,
+        ge=0,
+        description="Longest wait for a batch to fill, milliseconds: added to a lone image's"
+        " latency. A backlog fills batches without waiting; raise it (~20-50) on GPU.",
+    )
     in_flight_batches: Count = Field(
         2,
         description="Concurrent batches per worker: in-flight images are at most"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from facestream.prometheus_api import firing_alerts, query
@@ -58,29 +59,36 @@ def _number(sample: dict[str, Any]) -> float | None:
 def status_summary(url: str, window: str = "1m") -> dict[str, Any]:
     """The pipeline at a glance: throughput, lag, latency p50/p99, DLQ and retry rates,
     workers up, firing alerts, and p50/p99 per stage (``STAGES``). A figure is None when
-    Prometheus has no data for it (no traffic in ``window``, or no such series yet)."""
+    Prometheus has no data for it (no traffic in ``window``, or no such series yet).
+
+    Every figure is evaluated at one instant: a p50 and a p99 read a scrape apart could
+    disagree (p50 above p99) while traffic flows."""
+    at = time.time()
     summary: dict[str, Any] = {"prometheus": url, "window": window}
     for name, promql in STATUS_QUERIES.items():
-        result = query(url, promql.replace("{w}", window))
+        result = query(url, promql.replace("{w}", window), at)
         summary[name] = _number(result[0]) if result else None
     for name in ("workers_up", "workers"):
         summary[name] = int(summary[name] or 0)
     summary["dlq_by_reason"] = {
         s["metric"].get("reason", ""): _number(s)
-        for s in query(url, DLQ_BY_REASON.replace("{w}", window))
+        for s in query(url, DLQ_BY_REASON.replace("{w}", window), at)
     }
     summary["alerts_firing"] = sorted({a["labels"]["alertname"] for a in firing_alerts(url)})
-    summary["stages"] = stage_latencies(url, window)
+    summary["stages"] = stage_latencies(url, window, at)
     return summary
 
 
-def stage_latencies(url: str, window: str) -> dict[str, dict[str, float | None]]:
-    """p50 and p99 of each of ``STAGES`` over ``window`` (None: no data)."""
+def stage_latencies(
+    url: str, window: str, at: float | None = None
+) -> dict[str, dict[str, float | None]]:
+    """p50 and p99 of each of ``STAGES`` over ``window`` ending ``at`` (now by default; None:
+    no data)."""
     found: dict[tuple[str, str, str], float | None] = {}  # (metric, stage, quantile) -> s
     for metric in dict.fromkeys(metric for *_, metric, _ in STAGES):
         for name, q in STAGE_QUANTILES.items():
             promql = STAGE_QUANTILE.format(q=q, metric=metric, w=window)
-            for sample in query(url, promql):
+            for sample in query(url, promql, at):
                 found[metric, sample["metric"].get("stage", ""), name] = _number(sample)
     return {
         key: {name: found.get((metric, stage, name)) for name in STAGE_QUANTILES}

@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,6 +184,33 @@ def traffic(samples: Path, round_no: int) -> list[ImageToSend]:
     return images
 
 
+@contextlib.contextmanager
+def keep_sending(pipeline: Pipeline, samples: Path, first_round: int) -> Iterator[None]:
+    """Rounds of ``traffic``, 3 s apart, in a thread until the block ends; a round without
+    every outcome fails the block."""
+    stop, failed = threading.Event(), []
+
+    def send() -> None:
+        round_no = first_round
+        while not stop.is_set():
+            try:
+                pipeline.run(traffic(samples, round_no))
+            except Exception as exc:  # reported when the block ends
+                failed.append(exc)
+                return
+            round_no += 1
+            stop.wait(3.0)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(timeout=180)
+    assert not failed, f"a round of traffic failed: {failed[0]!r}"
+
+
 def panel_queries() -> Iterator[tuple[str, str]]:
     """(where, PromQL) of every target of every panel of every dashboard, expanded."""
     for path in DASHBOARDS:
@@ -238,16 +266,20 @@ def run(samples: Path) -> Iterator[Run]:
                     (fault / "trigger").touch()
                 pipeline.run(traffic(samples, i))
                 time.sleep(2)  # rate() wants samples spread over its window
-            # Ray's agent exports actor metrics ~10 s after they are recorded; the lag gauge
-            # and the gallery size are set every 5 s.
-            with contextlib.suppress(TimeoutError):  # the test names the empty panels
-                wait_until(
-                    lambda: not empty_panels(prometheus.url),
-                    timeout_s=45,
-                    what="every panel has data",
-                    interval_s=2,
-                )
-            yield Run(prometheus.url, started)
+            # Traffic goes on while the dashboards are read, as in production: a rate over a
+            # window with no new sample is no data, and on a loaded machine the tests read
+            # the panels minutes after the rounds above.
+            with keep_sending(pipeline, samples, first_round=before + after):
+                # Ray's agent exports actor metrics ~10 s after they are recorded; the lag
+                # gauge and the gallery size are set every 5 s.
+                with contextlib.suppress(TimeoutError):  # the test names the empty panels
+                    wait_until(
+                        lambda: not empty_panels(prometheus.url),
+                        timeout_s=90,
+                        what="every panel has data",
+                        interval_s=2,
+                    )
+                yield Run(prometheus.url, started)
         finally:
             prometheus.stop()
     shutil.rmtree(run_dir, ignore_errors=True)  # Ray's session logs, Prometheus's data

@@ -32,7 +32,7 @@ def sample(value: float, **labels: str) -> dict[str, Any]:
     return {"metric": labels, "value": [0, repr(value)]}
 
 
-def fake_query(url: str, promql: str) -> list[dict[str, Any]]:
+def fake_query(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
     if found := STAGE_QUERY.fullmatch(promql):
         index = {"0.5": 0, "0.99": 1}[found["q"]]
         return [
