@@ -131,13 +131,7 @@ def test_chaos_worker_killed_model_actor_killed_gallery_stalled(samples: Path) -
             140: lambda: actor_process(stack, "ServeReplica").send_signal(signal.SIGKILL),
             220: stall_gallery,
         }
-        report, done_at = asyncio.run(
-            run_flow_with_faults(
-                stack.settings, images, faults, timeout_s=300, rate_per_s=25, linger_s=2
-            )
-        )
-        check(report, images, stack)
-        assert_faults_ran(done_at, faults)
+        checked_flow(stack, images, faults, timeout_s=300, rate_per_s=25, linger_s=2)
         assert not stack.workers[0].alive() and stack.workers[1].alive()
     finally:
         stack.stop()
@@ -155,13 +149,7 @@ def test_worker_restarted_mid_stream_resumes_from_committed_offsets(samples: Pat
             stack.add_worker("worker-restarted")
 
         faults = {50: restart}
-        report, done_at = asyncio.run(
-            run_flow_with_faults(
-                stack.settings, images, faults, timeout_s=240, rate_per_s=20, linger_s=1
-            )
-        )
-        check(report, images, stack)
-        assert_faults_ran(done_at, faults)
+        report = checked_flow(stack, images, faults, timeout_s=240, rate_per_s=20, linger_s=1)
         print(f"committed when the worker left: {committed}")
         # The 50 images answered before it left were committed (but for the batches in flight
         # when it stopped), and the new worker resumed there instead of replaying them all.

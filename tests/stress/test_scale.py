@@ -18,12 +18,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from facestream.embedded import EmbeddedStack
 from streams.clients import ImageToSend
 from tests.flow import run_flow
-from tests.stress.test_delivery import check, new_stack, stream_of
+from tests.stress.test_delivery import check, checked_flow, new_stack, stream_of
 from tests.waits import (
     ClusterView,
-    assert_faults_ran,
     cluster_view,
-    run_flow_with_faults,
     wait_for_assignment,
 )
 
@@ -129,13 +127,7 @@ def test_two_workers_on_a_three_node_cluster_lose_nothing_when_a_worker_and_a_no
         images = spread_over_partitions(stream_of(samples, 120, "scale-faults"), partitions)
         faults = {leave_at: leaving.stop, remove_at: lambda: stack.remove_ray_node(victim)}
         started = time.monotonic()
-        report, done_at = asyncio.run(
-            run_flow_with_faults(
-                stack.settings, images, faults, timeout_s=300, rate_per_s=15, linger_s=2
-            )
-        )
-        check(report, images, stack)
-        assert_faults_ran(done_at, faults)
+        report = checked_flow(stack, images, faults, timeout_s=300, rate_per_s=15, linger_s=2)
         print(f"{len(images)} images in {time.monotonic() - started:.1f}s (produced at 15/s)")
         assert not leaving.alive() and staying.alive()
         # The broker holds a group of worker-1 alone, and worker-1 reports every partition.
