@@ -110,23 +110,24 @@ def gallery_gone(settings: Settings, lost: set[str]) -> dict[str, Any]:
     return wait_until(gone, timeout_s=240, what="the gallery actor gone", interval_s=1)
 
 
-def model_info(app: str) -> dict[str, Any]:
-    """The model application's ``info`` (asked until a replica answers)."""
+def ask_model(app: str) -> dict[str, Any] | None:
+    """The model application's ``info``; None while no replica answers (starting, restarted)."""
     from ray import serve
     from ray.exceptions import RayError
 
-    def answer() -> dict[str, Any] | None:
-        try:
-            return serve.get_app_handle(app).info.remote().result(timeout_s=30)  # type: ignore[no-any-return]
-        except (RayError, ValueError, TimeoutError):
-            return None
+    try:
+        return serve.get_app_handle(app).info.remote().result(timeout_s=30)  # type: ignore[no-any-return]
+    except (RayError, ValueError, TimeoutError):
+        return None
 
-    return wait_until(answer, timeout_s=240, what=f"{app} answering", interval_s=1)
+
+def model_info(app: str) -> dict[str, Any]:
+    """The model application's ``info``, asked until a replica answers."""
+    return wait_until(lambda: ask_model(app), timeout_s=240, what=f"{app} answering", interval_s=1)
 
 
 def view(settings: Settings, lost: set[str]) -> dict[str, Any]:
     import ray
-    from ray import serve
     from ray.exceptions import RayError
 
     from actors.cluster import gallery_actor_name
@@ -137,11 +138,13 @@ def view(settings: Settings, lost: set[str]) -> dict[str, Any]:
     def settled() -> dict[str, Any] | None:
         if (nodes := alive_nodes(lost)) is None:
             return None
-        try:  # a restarted replica or actor answers once Ray has brought it back
-            model_id = serve.get_app_handle(app).info.remote().result(timeout_s=30)["model_id"]
-            gallery = ray.get_actor(gallery_actor_name(settings, model_id))
+        # A restarted replica or actor answers once Ray has brought it back.
+        if (model := ask_model(app)) is None:
+            return None
+        try:
+            gallery = ray.get_actor(gallery_actor_name(settings, model["model_id"]))
             gallery_info = ray.get(gallery.info.remote(), timeout=30)
-        except (RayError, ValueError, TimeoutError):
+        except (RayError, ValueError):
             return None
         models = {r["actor"]: r for r in live_replicas(app)}
         if len(models) != model_apps(settings)[app]["replicas"].get("RUNNING", 0):
