@@ -90,3 +90,17 @@ def test_the_rows_list_the_stages_in_pipeline_order(summary: dict[str, Any]) -> 
     assert rows["consumer lag"] == "no data"
     assert rows["DLQ"] == "3.00 img/s (empty 0.50/s)"
     assert rows["alerts firing"] == "X"
+
+
+def test_every_figure_of_a_summary_is_read_at_one_instant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A p50 and a p99 read a scrape apart could disagree while traffic flows."""
+    instants: list[float | None] = []
+
+    def recording(url: str, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        instants.append(at)
+        return fake_query(url, promql, at)
+
+    monkeypatch.setattr(status, "query", recording)
+    monkeypatch.setattr(status, "firing_alerts", lambda url: [])
+    status.status_summary("http://prom", window="2m")
+    assert len(instants) > 10 and None not in instants and len(set(instants)) == 1
