@@ -50,8 +50,11 @@ lint: setup
 	$(BIN)/ruff format --check .
 	PYTHONPATH=. $(BIN)/lint-imports
 
+# Two tests at a time: most of a stress test's minute is waiting (Ray's failure detection,
+# Serve's replica starts), not CPU, and every test starts a stack of its own on free ports.
+TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: lint
 	$(BIN)/python -m pytest -q tests/unit

@@ -197,12 +197,36 @@ class TansuBroker(ChildProcess):
         self.wait_for_port(port, 10.0)
 
 
+# Every port a Ray node listens on: nodes, and the clusters of tests run side by side, share
+# one machine, and some of Ray's defaults are fixed (the dashboard agent's 52365).
+NODE_PORT_FLAGS = (
+    "node-manager-port",
+    "object-manager-port",
+    "metrics-export-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+)
+
+
+def node_ports(*head_flags: str) -> dict[str, int]:
+    """A free port for each of a node's ``ray start`` port flags, and for ``head_flags``."""
+    flags = (*NODE_PORT_FLAGS, *head_flags)
+    return dict(zip(flags, free_ports(len(flags)), strict=True))
+
+
+def port_args(ports: dict[str, int]) -> list[str]:
+    return [f"--{flag}={port}" for flag, port in ports.items()]
+
+
 class RayHead(ChildProcess):
     """A Ray head node that several workers join (token auth, its own temp dir)."""
 
     def __init__(self, run_dir: Path, num_cpus: int | None = None) -> None:
-        # metrics_port: its metrics agent (the head's actors and replicas)
-        self.port, self.metrics_port = free_ports(2)
+        self.ports = node_ports("port", "ray-client-server-port")
+        self.port = self.ports["port"]
+        # its metrics agent (the head's actors and replicas)
+        self.metrics_port = self.ports["metrics-export-port"]
         token = run_dir / "ray-token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
@@ -216,11 +240,10 @@ class RayHead(ChildProcess):
             "start",
             "--head",
             "--block",
-            f"--port={self.port}",
             "--node-ip-address=127.0.0.1",
             "--include-dashboard=false",
             "--disable-usage-stats",
-            f"--metrics-export-port={self.metrics_port}",
+            *port_args(self.ports),
         ]
         if num_cpus is not None:
             cmd.append(f"--num-cpus={num_cpus}")
@@ -237,27 +260,14 @@ class RayHead(ChildProcess):
 
 
 class RayNode(ChildProcess):
-    """A Ray worker node that joins ``head`` with the head's token and temp dir.
-
-    Nodes share the head's machine, so every port a node listens on is chosen here: the
-    defaults (e.g. the dashboard agent's 52365) would collide between nodes.
-    """
-
-    PORT_FLAGS = (
-        "node-manager-port",
-        "object-manager-port",
-        "metrics-export-port",
-        "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port",
-        "runtime-env-agent-port",
-    )
+    """A Ray worker node that joins ``head`` with the head's token and temp dir."""
 
     def __init__(
         self, head: RayHead, log_path: Path, num_cpus: int = 1, ip: str = "127.0.0.1"
     ) -> None:
         """``ip``: any loopback address (127.x.y.z), so that nodes of one machine can have
         addresses of their own, as the machines of a real cluster do."""
-        self.ports = dict(zip(self.PORT_FLAGS, free_ports(len(self.PORT_FLAGS)), strict=True))
+        self.ports = node_ports()
         cmd = [
             _venv_binary("ray"),
             "start",
@@ -266,7 +276,7 @@ class RayNode(ChildProcess):
             f"--node-ip-address={ip}",
             f"--num-cpus={num_cpus}",
             "--disable-usage-stats",
-            *(f"--{flag}={port}" for flag, port in self.ports.items()),
+            *port_args(self.ports),
         ]
         super().__init__(cmd, log_path, head.env)
         # The raylet's port opens seconds before the node has registered with the head; ray
