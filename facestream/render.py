@@ -7,7 +7,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-console = Console(highlight=False)
+# soft_wrap: a line longer than the terminal stays one line (the terminal folds it), so that a
+# path or an image id is never broken in two, in a terminal or in a log.
+console = Console(highlight=False, soft_wrap=True)
 
 
 def describe_face(face: dict[str, Any]) -> str:
