@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from actors.deployment import (
     PLACEMENT_FILE,
@@ -33,6 +34,31 @@ class Actors:
     model_id: str
     embedding_dim: int
     providers: list[str]
+
+
+def join_ray(settings: Settings, address: str, attempts: int = 1) -> bool:
+    """Join the running cluster at ``address`` as a quiet client (a CLI beside a deployment),
+    trying ``attempts`` times 2 s apart; False when it does not answer."""
+    if ray.is_initialized():
+        return True
+    try:
+        for attempt in Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_fixed(2.0),
+            retry=retry_if_exception_type((ConnectionError, RuntimeError)),
+            reraise=True,
+        ):
+            with attempt:
+                ray.init(
+                    address=address,
+                    namespace=settings.ray.namespace,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                )
+    except (ConnectionError, RuntimeError) as exc:
+        log.warning("the Ray cluster at %s is not reachable (%s)", address, exc)
+        return False
+    return True
 
 
 def connect_ray(settings: Settings) -> None:
@@ -67,6 +93,7 @@ __all__ = [
     "ensure_gallery",
     "find_gallery",
     "gallery_actor_name",
+    "join_ray",
 ]
 
 

@@ -152,18 +152,9 @@ def join_deployment_ray(settings: Settings, model_id: str | None) -> bool:
     address = _owner_address(settings, model_id or "")  # before importing ray: RAY_AUTH_*
     if address is None:
         return False
-    import ray
+    from actors.cluster import join_ray
 
-    try:
-        ray.init(
-            address=address,
-            namespace=settings.ray.namespace,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-    except (ConnectionError, RuntimeError):
-        return False
-    return True
+    return join_ray(settings, address)
 
 
 def _owner_actor(settings: Settings, model_id: str | None) -> Any:

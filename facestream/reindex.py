@@ -266,23 +266,12 @@ def _live_owner(settings: Settings, live: Generation | None) -> Any:
         return None
     import ray
 
-    from actors.cluster import find_gallery
+    from actors.cluster import find_gallery, join_ray
 
-    for attempt in range(3):  # a loaded machine may be slow to answer the first time
-        if ray.is_initialized():
-            break
-        try:
-            ray.init(
-                address=address,
-                namespace=settings.ray.namespace,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        except (ConnectionError, RuntimeError) as exc:
-            log.warning("the live gallery's Ray (%s) is not reachable (%s)", address, exc)
-            if attempt == 2:
-                return None  # no Ray there any more: nobody writes the live gallery
-            time.sleep(2.0)
+    # A loaded machine may be slow to answer the first time; no Ray there any more: nobody
+    # writes the live gallery.
+    if not join_ray(settings, address, attempts=3):
+        return None
     try:
         actor = find_gallery(settings, live.model_id)
         ray.get(actor.info.remote(), timeout=60)
