@@ -134,10 +134,14 @@ def stream(
     settings: Settings, images: Sequence[ImageToSend], rate_per_s: float | None = None
 ) -> FlowReport:
     """Produce ``images`` (as fast as possible, or paced on a fixed schedule of ``rate_per_s``)
-    and read outcomes until every image has one. A short fetch wait, so that the consumer's
-    own polling adds little to the measured latency."""
+    and read outcomes until every image has one. The consumer waits on fetches as the
+    profile's clients do (``kafka.tuning.fetch_max_wait_ms``), as a downstream consumer
+    configured like the workers would."""
+    wait_ms = settings.tuning.fetch_max_wait_ms
     return asyncio.run(
-        run_flow(settings, images, timeout_s=600.0, rate_per_s=rate_per_s, fetch_max_wait_ms=20)
+        run_flow(
+            settings, images, timeout_s=600.0, rate_per_s=rate_per_s, fetch_max_wait_ms=wait_ms
+        )
     )
 
 

@@ -466,9 +466,12 @@ class RaySettings(Group):
         " cluster's CPUs (GPUs) hold at deploy time, model_num_cpus (model_num_gpus) each.",
     )
     target_ongoing_requests: PositiveFloat = Field(
-        1.0,
+        0.5,
         description="Worker batches in progress or queued per replica that the autoscaler"
-        " aims at: more per replica starts replicas, fewer stops them.",
+        " aims at: more per replica starts replicas, fewer stops them. 0.5: a replica busy"
+        " with one batch on average wants a second, so that the next batch finds one free"
+        " (on CPU a replica runs one at a time); raise it where a replica's runs overlap"
+        " (GPU batches).",
     )
     max_ongoing_requests: Count = Field(
         4,
