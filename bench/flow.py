@@ -134,9 +134,8 @@ def stream(
     settings: Settings, images: Sequence[ImageToSend], rate_per_s: float | None = None
 ) -> FlowReport:
     """Produce ``images`` (as fast as possible, or paced on a fixed schedule of ``rate_per_s``)
-    and read outcomes until every image has one. The consumer waits on fetches as the
-    profile's clients do (``kafka.tuning.fetch_max_wait_ms``), as a downstream consumer
-    configured like the workers would."""
+    and read outcomes until every image has one. The consumer's fetch wait is the profile's
+    (``kafka.tuning.fetch_max_wait_ms``), as a downstream consumer's would be."""
     wait_ms = settings.tuning.fetch_max_wait_ms
     return asyncio.run(
         run_flow(

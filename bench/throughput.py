@@ -142,8 +142,7 @@ def ray_metrics_ports(stack: EmbeddedStack) -> list[int]:
     worker's local Ray's."""
     if stack.ray_head is None:
         return [worker.ray_metrics_port for worker in stack.workers]
-    nodes = [node.ports["metrics-export-port"] for node in stack.ray_nodes]
-    return [stack.ray_head.metrics_port, *nodes]
+    return [node.ports["metrics-export-port"] for node in (stack.ray_head, *stack.ray_nodes)]
 
 
 def model_runs(stack: EmbeddedStack) -> tuple[float, float]:

@@ -225,8 +225,6 @@ class RayHead(ChildProcess):
     def __init__(self, run_dir: Path, num_cpus: int | None = None) -> None:
         self.ports = node_ports("port", "ray-client-server-port")
         self.port = self.ports["port"]
-        # its metrics agent (the head's actors and replicas)
-        self.metrics_port = self.ports["metrics-export-port"]
         token = run_dir / "ray-token"
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
