@@ -11,7 +11,7 @@ of enrolled people (80%) and strangers (20%). Ground truth: exact search with nu
 1. **Load and index.** Every point enters the gallery through ``EdgeGallery.add_many`` (the
    bulk enrolment path) with background indexing paused, so all of them sit in the live
    shard; then one build indexes them (export, builder process, HNSW + quantization from
-   scratch): the time to index the gallery.
+   scratch, ``--build-threads``, all cores by default): the time to index the gallery.
 2. **Search, indexed.** The pipeline's own call, ``EdgeGallery.search(faces, top_k=3)``, one
    face per call and eight per call, at each ``hnsw_ef``: latency per face, top-1 identity
    against exact search (genuine queries), point recall@1 (strangers too), and the
@@ -355,7 +355,7 @@ def identity_reads(gallery: EdgeGallery, n_ident: int, seed: int) -> dict[str, A
     }
 
 
-def cli_listing(root: Path) -> dict[str, Any]:
+def cli_listing(root: Path, model: str) -> dict[str, Any]:
     """``facestream identities list --limit 100`` on the closed gallery (no deployment)."""
     env = {**os.environ, "FACESTREAM_GALLERY__PATH": str(root)}
     cmd = [sys.executable, "-m", "facestream.cli", "identities", "list", "--limit", "100"]
@@ -365,7 +365,8 @@ def cli_listing(root: Path) -> dict[str, Any]:
     rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
     code = (
         "import time, sys; from actors.gallery.edge import EdgeGallery; t=time.perf_counter();"
-        f" g=EdgeGallery({str(gallery_folder_of(root))!r}, None, None); o=time.perf_counter();"
+        f" g=EdgeGallery({str(gallery_folder_of(root, model))!r}, None, None);"
+        " o=time.perf_counter();"
         " rows=g.identities(100); n=g.identity_count(); e=time.perf_counter();"
         " print(round((o-t)*1000,1), round((e-o)*1000,2), len(rows), n); g.close()"
     )
@@ -405,8 +406,8 @@ def ours_cpu_s() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def gallery_folder_of(root: Path) -> Path:
-    return gallery_folder(Settings().override(gallery__path=root), MODEL)
+def gallery_folder_of(root: Path, model: str) -> Path:
+    return gallery_folder(Settings().override(gallery__path=root), model)
 
 
 _PARTS = {
@@ -441,13 +442,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--efs", default="128,256,512")
     parser.add_argument("--quantization", default=GallerySettings().quantization)
     parser.add_argument("--oversampling", type=float, default=None)
-    parser.add_argument("--index-threads", type=int, default=None)
+    parser.add_argument("--index-threads", type=int, default=None, help="background builds")
+    parser.add_argument(
+        "--build-threads", type=int, default=0, help="the first build (0: all cores)"
+    )
     parser.add_argument("--index-threshold", type=int, default=None)
     parser.add_argument("--stream-s", type=float, default=240.0)
     parser.add_argument("--enrol-rate", type=float, default=100.0, help="identities/s")
     parser.add_argument("--search-rate", type=float, default=13.0, help="calls/s of 3 faces")
     parser.add_argument("--exact-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--model-id",
+        default=MODEL,
+        help="the gallery's model (a real one's id lets the pipeline search it: --keep)",
+    )
+    parser.add_argument("--keep", action="store_true", help="leave the gallery in --dir")
     parser.add_argument("--dir", default=None, help="where the gallery goes (default: a temp dir)")
     args = parser.parse_args(argv)
     efs = [int(e) for e in args.efs.split(",")]
@@ -475,9 +485,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     figures: dict[str, Any] = {"machine": info, "points": args.points}
     try:
         settings = Settings().override(gallery__path=root)
-        set_current_model(settings, MODEL)
-        folder = gallery_folder(settings, MODEL)
-        gallery = EdgeGallery(folder, MODEL, DIM, options=options, auto_index=False)
+        set_current_model(settings, args.model_id)
+        folder = gallery_folder(settings, args.model_id)
+        first_build = options.model_copy(update={"index_threads": args.build_threads})
+        gallery = EdgeGallery(folder, args.model_id, DIM, options=first_build, auto_index=False)
         log("loading (add_many, background indexing paused)...")
         loading = load(gallery, data)
         log(f"loaded in {loading['load_s']:.0f} s; indexing {args.points} points...")
@@ -489,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         (build,) = gallery.builds
         log(f"indexed in {index_s:.0f} s: {build}")
         index_pid = gallery._index.proc.pid if gallery._index else None
+        gallery.options = options  # the live-traffic builds run at the gallery's settings
 
         log("searching...")
         measured: list[Scored] = []
@@ -523,9 +535,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         reads = identity_reads(gallery, args.identities, args.seed)
         rss_owner = psutil.Process().memory_info().rss
         gallery.close()
-        cli = cli_listing(root)
+        cli = cli_listing(root, args.model_id)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            log(f"gallery kept: FACESTREAM_GALLERY__PATH={root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
     foreign_cores = foreign.cores(ours_cpu_s() - ours_start)
     print_table(
@@ -552,7 +567,8 @@ def main(argv: Sequence[str] | None = None) -> None:
              f"{options.quantization} / {options.rescore_oversampling} / {options.index_threads}"],
             ["load through add_many, s (points/s)",
              f"{loading['load_s']:.0f} ({loading['points_per_s']:.0f})"],
-            ["time to index (export + builder: copy, load, optimize), s", index_s],
+            [f"time to index (export + builder: copy, load, optimize), s, "
+             f"{args.build_threads or 'all'} threads", index_s],
             ["  of which the builder's optimize() (HNSW + quantization), s", build["optimize_s"]],
             ["  of which the builder's upserts, s", build["load_s"]],
             ["vectors indexed / points", f"{build['indexed']} / {build['points']}"],
