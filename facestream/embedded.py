@@ -19,6 +19,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
 
 from core.settings import Settings
 from core.waiting import wait_until
@@ -139,6 +142,41 @@ class ChildProcess:
         )
 
 
+class RayProcess(ChildProcess):
+    """``ray start --block``: its node is usable once it has registered with the GCS."""
+
+    def wait_for_runtime(self, timeout_s: float) -> None:
+        """Wait for the line ``ray start`` prints once its node has registered with the GCS
+        (ports open seconds before; only then are actors placed on it). On a failure the
+        process is stopped before the error is raised, so that a retry starts clean."""
+        try:
+            self.wait_for(
+                lambda: "Ray runtime started" in self.log_path.read_text(errors="replace"),
+                "registering its node with the GCS",
+                timeout_s,
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+
+R = TypeVar("R", bound=RayProcess)
+
+
+def start_ray_process(start: Callable[[], R]) -> R:
+    """``start()``, again (fresh ports) if ``ray start`` exits before its node registered:
+    ray gives a raylet a fixed 30 s to register and exits on a loaded machine, or when
+    another process took one of the free ports it was given."""
+    for attempt in Retrying(
+        stop=stop_after_attempt(3),
+        retry=retry_if_exception_type(RuntimeError),
+        reraise=True,
+    ):
+        with attempt:
+            return start()
+    raise AssertionError("unreachable: Retrying reraises")
+
+
 def _venv_binary(name: str) -> str:
     """A console script installed beside this interpreter (e.g. ``ray``, ``weed``)."""
     candidate = Path(sys.executable).parent / name
@@ -219,7 +257,7 @@ def port_args(ports: dict[str, int]) -> list[str]:
     return [f"--{flag}={port}" for flag, port in ports.items()]
 
 
-class RayHead(ChildProcess):
+class RayHead(RayProcess):
     """A Ray head node that several workers join (token auth, its own temp dir)."""
 
     def __init__(self, run_dir: Path, num_cpus: int | None = None) -> None:
@@ -247,6 +285,7 @@ class RayHead(ChildProcess):
             cmd.append(f"--num-cpus={num_cpus}")
         super().__init__(cmd, run_dir / "ray-head.log", self.env)
         self.wait_for_port(self.port, 60.0)
+        self.wait_for_runtime(90.0)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         # `ray start --block` lingers on SIGTERM; its process group is killed after this.
@@ -257,7 +296,7 @@ class RayHead(ChildProcess):
         return f"127.0.0.1:{self.port}"
 
 
-class RayNode(ChildProcess):
+class RayNode(RayProcess):
     """A Ray worker node that joins ``head`` with the head's token and temp dir."""
 
     def __init__(
@@ -277,13 +316,7 @@ class RayNode(ChildProcess):
             *port_args(self.ports),
         ]
         super().__init__(cmd, log_path, head.env)
-        # The raylet's port opens seconds before the node has registered with the head; ray
-        # start prints this line once it has, and only then will actors be placed here.
-        self.wait_for(
-            lambda: "Ray runtime started" in self.log_path.read_text(errors="replace"),
-            "joining the head",
-            60.0,
-        )
+        self.wait_for_runtime(90.0)
 
     @property
     def node_manager_port(self) -> int:
@@ -345,7 +378,7 @@ class EmbeddedStack:
         self.start_broker()
         asyncio.run(ensure_topics(self.settings))
         if self.shared_ray:
-            self.ray_head = RayHead(self.run_dir)
+            self.ray_head = start_ray_process(lambda: RayHead(self.run_dir))
             self.worker_env = self.ray_head.env
             self.settings = self.settings.override(ray__address=self.ray_head.address)
             for i in range(self.n_ray_nodes):
@@ -366,7 +399,8 @@ class EmbeddedStack:
     def add_ray_node(self, name: str, num_cpus: int = 1, ip: str = "127.0.0.1") -> RayNode:
         if self.ray_head is None:
             raise RuntimeError("a Ray node joins the shared Ray head: start with shared_ray=True")
-        node = RayNode(self.ray_head, self.run_dir / f"{name}.log", num_cpus, ip)
+        head, log_path = self.ray_head, self.run_dir / f"{name}.log"
+        node = start_ray_process(lambda: RayNode(head, log_path, num_cpus, ip))
         self.ray_nodes.append(node)
         return node
 
