@@ -52,15 +52,16 @@ def private_settings(
     base: Settings, run_dir: Path, app_prefix: str | None = None, **overrides: object
 ) -> Settings:
     """``base`` for a private embedded stack in ``run_dir``: a free broker port, its own
-    gallery and, given ``app_prefix``, its own app id (the prefix and a random suffix)."""
+    gallery and, given ``app_prefix``, its own app id (the prefix and a random suffix).
+    ``overrides`` win over these (a bench's gallery kept from an earlier run)."""
+    private: dict[str, object] = {
+        "kafka__bootstrap_servers": f"127.0.0.1:{free_port()}",
+        "gallery__backend": "edge",
+        "gallery__path": run_dir / "gallery",
+    }
     if app_prefix is not None:
-        overrides["kafka__app_id"] = unique_id(app_prefix)
-    return base.override(
-        kafka__bootstrap_servers=f"127.0.0.1:{free_port()}",
-        gallery__backend="edge",
-        gallery__path=run_dir / "gallery",
-        **overrides,
-    )
+        private["kafka__app_id"] = unique_id(app_prefix)
+    return base.override(**{**private, **overrides})
 
 
 def tansu_binary() -> Path:
