@@ -1,7 +1,7 @@
 # The two commands of the README's quick start: `make demo` and `make test`.
 # Each sets up .venv on first use (and again when pyproject.toml changes).
 #
-#   make test        lint + the whole test suite (tests/), two modules at a time; CI runs it on 3.11
+#   make test        lint + the whole test suite (tests/; stress tests one at a time); CI runs it on 3.11
 #   make test-fast   lint + the unit tests only: the development loop, well under a minute
 #   make test-unit PYTHON=python3.12 VENV=.venv-3.12
 #                    the unit tests in the venv VENV made with PYTHON (created on first use);
@@ -50,13 +50,15 @@ lint: setup
 	$(BIN)/ruff format --check .
 	PYTHONPATH=. $(BIN)/lint-imports
 
-# Two test modules at a time: most of a stress test's minute is waiting (Ray's failure
-# detection, Serve's replica starts), not CPU, and every test starts a stack of its own on free
-# ports. loadscope keeps a module's tests on one worker: its module fixture (a stack, a
-# Prometheus) starts once, and its tests see it in the order written.
+# Unit and integration tests two modules at a time (every test starts what it needs on free
+# ports; loadscope keeps a module's tests on one worker, so that its module fixture starts
+# once and its tests run in the order written). The stress tests one at a time: each runs a
+# whole cluster (broker, Ray head and nodes, Serve, workers), and two of them on 2 cores
+# overloaded Ray's GCS (load average 8, nodes timing out while they registered, in CI too).
 TEST_WORKERS ?= 2
 test: lint
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests/unit tests/integration
+	$(BIN)/python -m pytest -q tests/stress
 
 test-fast: lint
 	$(BIN)/python -m pytest -q tests/unit
