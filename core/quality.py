@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
 
@@ -50,6 +49,8 @@ class FaceQuality:
 
 
 def measure(crop_bgr: np.ndarray, landmarks: np.ndarray, bbox: list[float]) -> FaceQuality:
+    import cv2  # here: the gallery's readers import this module's FaceQuality, not OpenCV
+
     gray = cv2.cvtColor(crop_bgr, cv2.COLOR_BGR2GRAY)
     sharpness = float(cv2.Laplacian(gray, cv2.CV_64F).var())
     yaw, pitch, roll = pose(landmarks)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from rich.progress import Progress
 
 from core.formats import named_as_image
 from core.settings import Settings
@@ -84,7 +83,7 @@ def _refuse_taken_ports(wanted: dict[str, tuple[str, int | None]]) -> None:
 
 def _ask_gallery(settings: Settings, method: str, *args: object) -> object:
     from actors.gallery import GalleryError
-    from facestream.offline import ask_gallery
+    from facestream.gallery_reads import ask_gallery
 
     try:
         return ask_gallery(settings, method, *args)
@@ -260,7 +259,7 @@ def worker() -> None:
         }
     )
     if settings.ray.address is None:  # this worker would start a Ray of its own
-        from facestream.offline import running_owner
+        from facestream.gallery_reads import running_owner
 
         if owner := running_owner(settings):
             raise click.ClickException(
@@ -276,6 +275,8 @@ def worker() -> None:
 @click.option("--source", default="cli", show_default=True, help="source header and key")
 def produce(paths: tuple[str, ...], source: str) -> None:
     """Send image files (and folders of them) to the images topic."""
+    from rich.progress import Progress
+
     from streams.clients import ImageToSend, produce_images
 
     settings = _settings()
@@ -378,6 +379,7 @@ def _enroll_bulk(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
+        Progress,
         TaskProgressColumn,
         TextColumn,
         TimeRemainingColumn,
@@ -486,7 +488,7 @@ def identities_list(as_json: bool, limit: int, after: str | None) -> None:
     """List enrolled identities, a page at a time (through the running deployment, else the
     gallery itself). Pages follow a stable order: alphabetical on the embedded engine."""
     from actors.gallery import GalleryError
-    from facestream.offline import GalleryReader
+    from facestream.gallery_reads import GalleryReader
 
     try:
         with GalleryReader(_settings()) as reader:
@@ -565,7 +567,7 @@ def _shown_everywhere(settings: Settings, identity: str) -> list[dict]:
         holder,
         open_model_gallery,
     )
-    from facestream.offline import GalleryReader
+    from facestream.gallery_reads import GalleryReader
 
     current = current_generation(settings)
     if current is not None:
@@ -876,7 +878,13 @@ def reindex(batch: int, force: bool, as_json: bool) -> None:
     Rerun it after a crash: it resumes the generation it left. Progress: a bar on a
     terminal, else one line per step on stderr.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from facestream.reindex import ReindexRefused
     from facestream.reindex import reindex as run
@@ -917,7 +925,7 @@ def models(retire_app: str | None, force: bool, as_json: bool) -> None:
     --retire deletes one now.
     """
     from actors.gallery import current_model
-    from facestream.offline import join_deployment_ray
+    from facestream.gallery_reads import join_deployment_ray
 
     settings = _settings()
     if not join_deployment_ray(settings, current_model(settings)):

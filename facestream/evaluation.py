@@ -622,7 +622,7 @@ def _deployment_size(settings: Settings) -> tuple[int, str]:
 
     try:
         if current_model(settings) is not None:
-            from facestream.offline import ask_gallery
+            from facestream.gallery_reads import ask_gallery
 
             return len(ask_gallery(settings, "identities")), "current gallery"
     except Exception:  # unreachable or locked: fall back to the default

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 # process: Ray's auth settings must not leak into the test process).
 DUMP = """
 import json
-from facestream.offline import GalleryReader
+from facestream.gallery_reads import GalleryReader
 from core.settings import Settings
 with GalleryReader(Settings()) as g:
     rows = g.call("identities")

@@ -36,7 +36,7 @@ SIGHTINGS_NEAR = """
 import json, sys
 import numpy as np
 from core.settings import Settings
-from facestream.offline import GalleryReader
+from facestream.gallery_reads import GalleryReader
 
 queries = np.asarray(json.load(sys.stdin), np.float32)
 with GalleryReader(Settings()) as reader:

@@ -1,0 +1,125 @@
+"""Reading the current gallery from a command: through the running deployment's gallery actor
+when one owns it, else opened here. Light on purpose (no models, no OpenCV): `identities
+list` is a command people run in loops."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from types import TracebackType
+from typing import Any
+
+from actors.gallery import current_model, gallery_folder, open_gallery
+from core.settings import Settings
+
+
+class GalleryReader:
+    """The current gallery, for reads: through the running deployment's gallery actor when
+    there is one, else opened directly.
+
+    The embedded engine may be opened by one process only, so while a worker runs, its
+    gallery actor answers (``facestream identify`` and ``identities`` work while the stack
+    is up); with no deployment running, the gallery is opened here.
+    """
+
+    def __init__(self, settings: Settings, model_id: str | None = None, dim: int | None = None):
+        self.actor = _owner_actor(settings, model_id or current_model(settings))
+        self.gallery = None if self.actor is not None else open_gallery(settings, model_id, dim)
+
+    def call(self, method: str, *args: Any) -> Any:
+        if self.actor is not None:
+            import ray
+
+            return ray.get(self.actor.call.remote(method, *args))
+        return getattr(self.gallery, method)(*args)
+
+    def close(self) -> None:
+        if self.actor is not None:
+            import ray
+
+            ray.shutdown()
+        elif self.gallery is not None:
+            self.gallery.close()
+
+    def __enter__(self) -> GalleryReader:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
+    """One read from the current gallery (``identities``, ``show``)."""
+    with GalleryReader(settings) as reader:
+        return reader.call(method, *args)
+
+
+def running_owner(settings: Settings) -> dict[str, Any] | None:
+    """The live process of this machine that owns the current edge gallery (its owner.json,
+    written by the gallery actor), if any: a second deployment must not open it too. An
+    owner whose Ray is gone is not one: it is exiting (its worker just crashed, and the
+    restarted worker must not be refused)."""
+    import psutil
+
+    from actors.gallery import current_generation
+    from actors.gallery.edge import OWNER_FILE
+    from facestream.ports import in_use
+
+    current = None if settings.gallery.backend != "edge" else current_generation(settings)
+    if current is None:
+        return None
+    owner_file = gallery_folder(settings, current.model_id, current.number) / OWNER_FILE
+    try:
+        owner = json.loads(owner_file.read_text())
+    except (OSError, ValueError):
+        return None
+    host, _, port = str(owner.get("ray_address", "")).rpartition(":")
+    alive = psutil.pid_exists(int(owner.get("pid", -1)))
+    return owner if alive and port.isdigit() and in_use(host, int(port)) else None
+
+
+def _owner_address(settings: Settings, model_id: str) -> str | None:
+    """The Ray cluster whose gallery actor owns the current gallery, if any."""
+    from actors.gallery.edge import OWNER_FILE
+
+    if settings.ray.address:
+        return settings.ray.address
+    owner_file = gallery_folder(settings, model_id) / OWNER_FILE
+    if settings.gallery.backend != "edge" or not owner_file.exists():
+        return None
+    owner = json.loads(owner_file.read_text())
+    # Ray token auth (on by default): the owner's token file, else Ray's default one.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if owner.get("ray_auth_token_path"):
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", owner["ray_auth_token_path"])
+    return owner["ray_address"]
+
+
+def join_deployment_ray(settings: Settings, model_id: str | None) -> bool:
+    """Connect to the deployment's Ray cluster: the configured one, else the local Ray of the
+    worker that owns ``model_id``'s edge gallery. False when none answers."""
+    if model_id is None and not settings.ray.address:
+        return False
+    address = _owner_address(settings, model_id or "")  # before importing ray: RAY_AUTH_*
+    if address is None:
+        return False
+    from actors.cluster import join_ray
+
+    return join_ray(settings, address)
+
+
+def _owner_actor(settings: Settings, model_id: str | None) -> Any:
+    """The running deployment's gallery actor, connected to; None when there is none."""
+    if model_id is None or not join_deployment_ray(settings, model_id):
+        return None  # no owner, or it is gone: the gallery can be opened directly
+    import ray
+
+    from actors.cluster import find_gallery
+
+    try:
+        return find_gallery(settings, model_id)
+    except ValueError:
+        print("no running deployment found in Ray; reading the gallery directly", file=sys.stderr)
+        ray.shutdown()
+        return None
