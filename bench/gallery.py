@@ -213,6 +213,24 @@ def search_calls(
     return results, np.asarray(ms)
 
 
+def agreement(
+    results: list[list[Any]], genuine: np.ndarray, exact_ident: list[str], exact_s: np.ndarray
+) -> tuple[float, float]:
+    """(top-1 identity = exact top-1's identity, over the genuine queries; the match/unknown
+    decision = exact search's, over all queries) of the search ``results``."""
+    expected = [decision(e, float(s)) for e, s in zip(exact_ident, exact_s, strict=True)]
+    got = [r[0] if r else None for r in results]
+    pairs = zip(got, exact_ident, strict=True)
+    ident_ok = np.array([g is not None and g.identity == e for g, e in pairs])
+    same = np.array(
+        [
+            (decision(g.identity, g.similarity) if g else None) == e
+            for g, e in zip(got, expected, strict=True)
+        ]
+    )
+    return float(ident_ok[genuine].mean()), float(same.mean())
+
+
 def score(
     label: str,
     results: list[list[Any]],
@@ -225,17 +243,8 @@ def score(
     best_i, best_s = truth
     genuine = data.query_owner >= 0
     exact_ident = [identity_name(int(data.owner[i])) for i in best_i]
-    expected = [decision(e, float(s)) for e, s in zip(exact_ident, best_s, strict=True)]
-    got = [r[0] if r else None for r in results]
-    pairs = zip(got, exact_ident, strict=True)
-    ident_ok = np.array([g is not None and g.identity == e for g, e in pairs])
-    same = np.array(
-        [
-            (decision(g.identity, g.similarity) if g else None) == e
-            for g, e in zip(got, expected, strict=True)
-        ]
-    )
-    out = Scored(label, ms, float(ident_ok[genuine].mean()), decisions=float(same.mean()))
+    recall, same = agreement(results, genuine, exact_ident, best_s)
+    out = Scored(label, ms, recall, decisions=same)
     if top1 is not None and rows is not None:
         point_ok = np.array(
             [
