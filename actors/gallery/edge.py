@@ -834,19 +834,21 @@ class _Mirror:
             return [[] for _ in queries]
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         q = np.asarray(queries, np.float32) / np.where(norms > 0, norms, 1.0)
-        scores = vectors[:n] @ q.T  # (n, queries); exact
+        # (queries, n): each query's scores contiguous, so that the matmul and the top-k
+        # selection run along rows (1.5x faster at 79k points and 19 faces, measured).
+        scores = q @ vectors[:n].T
         if count < n:
-            scores[~alive] = -np.inf
+            scores[:, ~alive] = -np.inf
         take = min(limit, count)
         if take < n:
-            top = np.argpartition(-scores, take - 1, axis=0)[:take]
+            top = np.argpartition(scores, n - take, axis=1)[:, n - take :]
         else:
-            top = np.repeat(np.arange(n)[:, None], len(q), axis=1)
+            top = np.broadcast_to(np.arange(n), (len(q), n))
         out = []
         for j in range(len(q)):
-            rows = top[:, j]
-            rows = rows[np.argsort(-scores[rows, j], kind="stable")][:take]
-            out.append([(ids[r], float(scores[r, j]), payloads[r]) for r in rows if alive[r]])
+            rows = top[j]
+            rows = rows[np.argsort(-scores[j, rows], kind="stable")][:take]
+            out.append([(ids[r], float(scores[j, r]), payloads[r]) for r in rows if alive[r]])
         return out
 
 

@@ -1,0 +1,54 @@
+"""The edge gallery's live points (not indexed yet) are searched exactly in the owner's process
+(``_Mirror``): its answer must be numpy brute force's, whatever was replaced or erased."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.gallery.edge import _Mirror
+
+DIM = 16
+
+
+def unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def brute_force(vectors: dict[str, np.ndarray], q: np.ndarray, limit: int) -> list[list[str]]:
+    ids = sorted(vectors)
+    matrix = unit(np.stack([vectors[i] for i in ids]))
+    scores = unit(q) @ matrix.T
+    return [[ids[k] for k in np.argsort(-row, kind="stable")[:limit]] for row in scores]
+
+
+@pytest.mark.parametrize("limit", [1, 3, 500])  # 500: more than the points it holds
+def test_live_points_search_equals_brute_force_after_replacements_and_erasures(
+    limit: int,
+) -> None:
+    rng = np.random.default_rng(7)
+    mirror = _Mirror(DIM, capacity=8)  # small: the arrays grow while points come in
+    held: dict[str, np.ndarray] = {}
+    for batch in range(6):
+        ids = [f"p{batch}-{k}" for k in range(40)]
+        if batch:  # a photo enrolled again replaces its point (a new row, the old one dead)
+            ids[:5] = [f"p0-{k}" for k in range(5 * batch, 5 * batch + 5)]
+        vectors = rng.standard_normal((len(ids), DIM)).astype(np.float32)
+        payloads = [{"identity": f"person-{i.split('-')[1]}"} for i in ids]
+        mirror.add(ids, vectors, payloads, tag="live-1")
+        held.update(zip(ids, vectors, strict=True))
+    erased = mirror.kill(("identity", "person-3"))
+    held = {i: v for i, v in held.items() if i.split("-")[1] != "3"}
+    assert erased and mirror.count(None) == len(held)
+
+    queries = rng.standard_normal((9, DIM)).astype(np.float32)
+    got = mirror.search(queries, limit)
+    assert [[pid for pid, _, _ in row] for row in got] == brute_force(held, queries, limit)
+    for row in got:
+        scores = [s for _, s, _ in row]
+        assert scores == sorted(scores, reverse=True)
+        assert all(payload["identity"] != "person-3" for _, _, payload in row)
+
+
+def test_an_empty_mirror_answers_every_query_with_nothing() -> None:
+    assert _Mirror(DIM).search(np.ones((3, DIM), np.float32), 5) == [[], [], []]
