@@ -55,23 +55,20 @@ def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
         return reader.call(method, *args)
 
 
-def running_owner(settings: Settings) -> dict[str, Any] | None:
-    """The live process of this machine that owns the current edge gallery (its owner.json,
-    written by the gallery actor), if any: a second deployment must not open it too. An
-    owner whose Ray is gone is not one: it is exiting (its worker just crashed, and the
-    restarted worker must not be refused)."""
+def live_owner(settings: Settings, model_id: str, number: int | None = None) -> dict | None:
+    """The record (owner.json, written by the gallery actor) of the process that owns
+    ``model_id``'s edge gallery (generation ``number``; None: the current one), if that
+    process still runs and its Ray answers. A stopped or crashed owner leaves its record
+    behind, and joining its Ray address would hang for minutes: such an owner is none."""
+    if settings.gallery.backend != "edge":
+        return None
     import psutil
 
-    from actors.gallery import current_generation
     from actors.gallery.edge import OWNER_FILE
     from facestream.ports import in_use
 
-    current = None if settings.gallery.backend != "edge" else current_generation(settings)
-    if current is None:
-        return None
-    owner_file = gallery_folder(settings, current.model_id, current.number) / OWNER_FILE
     try:
-        owner = json.loads(owner_file.read_text())
+        owner = json.loads((gallery_folder(settings, model_id, number) / OWNER_FILE).read_text())
     except (OSError, ValueError):
         return None
     host, _, port = str(owner.get("ray_address", "")).rpartition(":")
@@ -79,16 +76,26 @@ def running_owner(settings: Settings) -> dict[str, Any] | None:
     return owner if alive and port.isdigit() and in_use(host, int(port)) else None
 
 
-def _owner_address(settings: Settings, model_id: str) -> str | None:
-    """The Ray cluster whose gallery actor owns the current gallery, if any."""
-    from actors.gallery.edge import OWNER_FILE
+def running_owner(settings: Settings) -> dict[str, Any] | None:
+    """The live owner of the current edge gallery, if any: a second deployment must not open
+    it too (an owner whose Ray is gone is exiting: its worker just crashed, and the restarted
+    worker must not be refused)."""
+    from actors.gallery import current_generation
 
+    current = None if settings.gallery.backend != "edge" else current_generation(settings)
+    return None if current is None else live_owner(settings, current.model_id, current.number)
+
+
+def owner_ray_address(settings: Settings, model_id: str, number: int | None = None) -> str | None:
+    """The Ray cluster to reach ``model_id``'s gallery owner through: the configured one,
+    else the live owner's local Ray (None: no owner runs; the gallery can be opened here).
+    Sets Ray's token-auth variables from the owner's record, which Ray reads when it is
+    first imported: call it before that."""
     if settings.ray.address:
         return settings.ray.address
-    owner_file = gallery_folder(settings, model_id) / OWNER_FILE
-    if settings.gallery.backend != "edge" or not owner_file.exists():
+    owner = live_owner(settings, model_id, number)
+    if owner is None:
         return None
-    owner = json.loads(owner_file.read_text())
     # Ray token auth (on by default): the owner's token file, else Ray's default one.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if owner.get("ray_auth_token_path"):
@@ -101,7 +108,7 @@ def join_deployment_ray(settings: Settings, model_id: str | None) -> bool:
     worker that owns ``model_id``'s edge gallery. False when none answers."""
     if model_id is None and not settings.ray.address:
         return False
-    address = _owner_address(settings, model_id or "")  # before importing ray: RAY_AUTH_*
+    address = owner_ray_address(settings, model_id or "")  # before importing ray
     if address is None:
         return False
     from actors.cluster import join_ray

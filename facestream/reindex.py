@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -51,6 +49,7 @@ from actors.gallery import (
 )
 from actors.models import FaceModel, load_face_model
 from core.settings import Settings
+from facestream.gallery_reads import owner_ray_address
 from streams.clients import LogRecord, log_end, read_log
 from streams.enrollment import PhotoRecord, split_state_key
 from streams.processor import EnrollmentProcessor
@@ -237,24 +236,8 @@ class Replay:
 
 
 def _owner_address(settings: Settings, live: Generation | None) -> str | None:
-    """The Ray cluster of the live gallery's owner. Sets Ray's token-auth variables from the
-    owner's record, which Ray reads when it is first imported: call it before that."""
-    if live is None:
-        return None
-    if settings.ray.address:
-        return settings.ray.address
-    if settings.gallery.backend != "edge":
-        return None
-    from actors.gallery.edge import OWNER_FILE
-
-    owner_file = gallery_folder(settings, live.model_id, live.number) / OWNER_FILE
-    if not owner_file.exists():
-        return None
-    owner = json.loads(owner_file.read_text())
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if owner.get("ray_auth_token_path"):
-        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", owner["ray_auth_token_path"])
-    return owner.get("ray_address")
+    """The Ray cluster of the live gallery's running owner (see ``owner_ray_address``)."""
+    return None if live is None else owner_ray_address(settings, live.model_id, live.number)
 
 
 def _live_owner(settings: Settings, live: Generation | None) -> Any:

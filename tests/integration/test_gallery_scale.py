@@ -9,6 +9,7 @@ plus noise (same person ~0.7 cosine, different people ~0 +- 0.05)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.gallery import Gallery
-from actors.gallery.edge import FULL_SCAN_KB, EdgeGallery
+from actors.gallery import Gallery, gallery_folder
+from actors.gallery.edge import FULL_SCAN_KB, OWNER_FILE, EdgeGallery
 from actors.gallery.server import ServerGallery
 from core.settings import GallerySettings, Settings
 
@@ -285,11 +286,17 @@ def test_cli_lists_a_page_of_identities(tmp_path: Path) -> None:
          for i in range(5)]
     )  # fmt: skip
     g.close()
+    # As a stopped deployment leaves it: the record of an owner whose process and Ray are
+    # gone (the command once tried to join that Ray for minutes).
+    with socket.socket() as nobody:
+        nobody.bind(("127.0.0.1", 0))
+        dead = {"ray_address": f"127.0.0.1:{nobody.getsockname()[1]}", "pid": 2**22 + 1}
+    (gallery_folder(settings, MODEL) / OWNER_FILE).write_text(json.dumps(dead))
     env = {**__import__("os").environ, "FACESTREAM_GALLERY__PATH": str(tmp_path)}
     cmd = [sys.executable, "-m", "facestream.cli", "identities", "list"]
     out = subprocess.run(
         [*cmd, "--limit", "2", "--after", "p1", "--json"], capture_output=True, text=True,
-        env=env, timeout=120,
+        env=env, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert [json.loads(x)["identity"] for x in out.stdout.splitlines()] == ["p2", "p3"]
