@@ -419,6 +419,28 @@ def gallery_folder_of(root: Path, model: str) -> Path:
     return gallery_folder(Settings().override(gallery__path=root), model)
 
 
+def settle(folder: Path, build_threads: int = 0) -> dict[str, Any]:
+    """Index what a kept gallery holds outside its index (live points, erasures hidden in it),
+    as a served gallery settles: ``unindexed`` and ``hidden`` found, ``build_s``, ``points``.
+    The live traffic of ``--keep`` leaves both behind, and a stack opening such a gallery
+    searches those points exactly and starts a full rebuild at once."""
+    options = GallerySettings(index_threads=build_threads)
+    gallery = EdgeGallery(folder, None, None, options=options, auto_index=False)
+    try:
+        gallery._engine()  # loads the live points
+        found = {"unindexed": gallery.unindexed(), "hidden": gallery._hidden.size()}
+        t = time.perf_counter()
+        if found["unindexed"] or found["hidden"]:
+            log(f"indexing the kept gallery: {found['unindexed']} live points, "
+                f"{found['hidden']} hidden erasures")  # fmt: skip
+            gallery.build_index()
+            while not gallery.wait_indexed(60):
+                log(f"  building for {time.perf_counter() - t:.0f} s")
+        return found | {"build_s": time.perf_counter() - t, "points": gallery.size()}
+    finally:
+        gallery.close()
+
+
 _PARTS = {
     "matrix.dat": "original vectors (float32)",
     "quantized": "quantized vectors",

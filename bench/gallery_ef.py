@@ -48,6 +48,7 @@ from bench.gallery import (
     make_data,
     ours_cpu_s,
     search_calls,
+    settle,
 )
 from bench.gallery_pipeline import gallery_model
 from core.settings import GallerySettings
@@ -89,25 +90,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     del data
 
     model = gallery_model(args.gallery)
-    options = GallerySettings(index_threads=args.build_threads)
     folder = gallery_folder_of(args.gallery, model)
-    gallery = EdgeGallery(folder, None, None, options=options, auto_index=False)
     figures: dict[str, Any] = {"machine": info, "gallery": str(args.gallery)}
+    figures["settled"] = settled = settle(folder, args.build_threads)
+    options = GallerySettings()
+    gallery = EdgeGallery(folder, None, None, options=options, auto_index=False)
     try:
-        t = time.perf_counter()
-        gallery.search(queries[:1], TOP_K)  # opens the engine processes
-        figures["open_s"] = time.perf_counter() - t
-        figures["unindexed_before"] = gallery.unindexed()
-        figures["hidden_before"] = gallery._hidden.size()
-        t = time.perf_counter()
-        if figures["unindexed_before"] or figures["hidden_before"]:
-            hidden = figures["hidden_before"]
-            log(f"building: {figures['unindexed_before']} unindexed, {hidden} hidden")
-            gallery.build_index()
-            while not gallery.wait_indexed(60):
-                log(f"  building for {time.perf_counter() - t:.0f} s")
-        figures["build_s"] = time.perf_counter() - t
-        figures["points"] = gallery.size()
         log("exact search through the engine (the truth)...")
         t = time.perf_counter()
         exact_ident, exact_s = exact_truth(gallery, queries)
@@ -136,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "the kept gallery",
         ["figure", "value"],
         [
-            ["points", figures["points"]],
+            ["points", settled["points"]],
             ["unindexed points / hidden erasures when opened",
-             f"{figures['unindexed_before']} / {figures['hidden_before']}"],
-            ["build of those into the index, s", figures["build_s"]],
+             f"{settled['unindexed']} / {settled['hidden']}"],
+            ["build of those into the index, s", settled["build_s"]],
             ["exact search through the engine, ms per query (64 per call)",
              figures["exact_ms_per_query"]],
         ],

@@ -10,6 +10,9 @@ gallery as its own. Cases, alternating (``--rounds``; the median round is kept):
 1. ``empty gallery``: ``facestream up``'s stack on a fresh gallery (the bench people only);
 2. ``large gallery``: the same stack on the kept gallery (the bench people enrolled into it).
 
+First, what the kept gallery holds outside its index is indexed (``bench.gallery.settle``),
+as a served gallery settles.
+
 Each case streams a warm-up of ``--warm-s`` seconds (the autoscaler starts its replicas), then
 ``--images`` sample photos as fast as the broker takes them: the steady images/s, and the
 worker's ``gallery_call`` stage (one search call per batch: every face of the batch) per batch.
@@ -28,6 +31,7 @@ from typing import Any
 from actors.gallery import POINTER
 from bench.common import bench_parser, describe_machine, emit_json, log, print_table, sample_photos
 from bench.flow import running_stack
+from bench.gallery import gallery_folder_of, settle
 from bench.pipeline import worker_stages
 from bench.throughput import Measured, pipeline_rate, warm_for
 from core.settings import Settings
@@ -87,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (theirs := gallery_model(root)) != ours:
         sys.exit(f"error: the gallery holds {theirs!r}; the pipeline runs {ours!r} (--model-id)")
     info = describe_machine()
+    settled = settle(gallery_folder_of(root, ours))
     photos = sample_photos()
     cases = {"empty gallery": {}, "large gallery": {"gallery__path": root}}
     runs: dict[str, list[tuple[Measured, dict[str, float]]]] = {name: [] for name in cases}
@@ -119,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         ["figure", "value"],
         [
             ["large gallery", str(root)],
+            [
+                "its points (indexed before the runs: live / hidden, s)",
+                f"{settled['points']} ({settled['unindexed']} / {settled['hidden']}, "
+                f"{settled['build_s']:.0f})",
+            ],
             ["ratio large / empty", ratio],
             ["target", f">= {RATIO_TARGET}: {'met' if met else 'NOT met'}"],
         ],
@@ -128,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         {
             "machine": info,
             "gallery": str(root),
+            "settled": settled,
             "images_per_run": args.images,
             "rounds": {name: [round_json(m, s) for m, s in v] for name, v in runs.items()},
             "empty_images_per_s": empty.images_per_s,
