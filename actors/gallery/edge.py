@@ -64,7 +64,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -543,6 +542,8 @@ def _prewarm(folder: Path) -> float:
 
 def _engine_main(fd: int) -> None:
     """An engine process: the live shards, or one index (built first, or loaded)."""
+    from multiprocessing.connection import Connection  # here: readers of records need none
+
     conn = Connection(fd)
     job = conn.recv()
     _die_with_parent(job["parent_pid"])
@@ -587,6 +588,8 @@ class EngineProcess:
     """A child process holding shards (``_engine_main``); its requests are serialised."""
 
     def __init__(self, job: dict[str, Any], spawn: Callable[[Callable[[], Any]], Any]) -> None:
+        from multiprocessing.connection import Connection  # here: readers of records need none
+
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
