@@ -354,7 +354,9 @@ class GallerySettings(Group):
         "faces", min_length=1, description="Qdrant collection (alias) of the server gallery."
     )
     hnsw_ef: Count = Field(
-        256,
+        # At 1.1M faces: 384 decided as exact search did in 99.95% of queries, 256 in 99.8%,
+        # for 1.3x the search time (BENCHMARKS.md, bench/gallery_ef.py).
+        384,
         description="HNSW search breadth (raised to the number of points a search asks for):"
         " recall against speed.",
     )
