@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -11,9 +12,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,19 +22,9 @@ from core.settings import Settings
 from facestream.render import console, event_line, kv_table, rows_table
 from facestream.tally import Tally
 
-T = TypeVar("T")
-
 if TYPE_CHECKING:
     from facestream.embedded import EmbeddedStack
     from facestream.prometheus_server import PrometheusServer
-
-
-def _run_async(awaitable: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run``, imported here: the commands that read the gallery need no event loop,
-    and people run `identities list` in loops."""
-    import asyncio
-
-    return asyncio.run(awaitable)
 
 
 def _settings() -> Settings:
@@ -294,7 +284,9 @@ def produce(paths: tuple[str, ...], source: str) -> None:
     items = (ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", data, source) for f, data in files)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("producing", total=len(files))
-        sent = _run_async(produce_images(settings, items, on_sent=lambda _: progress.advance(task)))
+        sent = asyncio.run(
+            produce_images(settings, items, on_sent=lambda _: progress.advance(task))
+        )
     console.print(f"sent {sent} image(s)")
 
 
@@ -369,7 +361,7 @@ def _enroll_one(
 
     photos = tuple(Photo(p.name, p.read_bytes()) for p in _image_files(images))
     request = EnrollmentRequest("enroll", identity, name, photos, basis=basis)
-    reply = _run_async(request_enrollment(settings, request, timeout))
+    reply = asyncio.run(request_enrollment(settings, request, timeout))
     _print_ack(reply)
 
 
@@ -423,7 +415,7 @@ def _enroll_bulk(
                     done = int(bar.tasks[0].completed)
                     click.echo(f"enroll: {done}/{len(todo.entries)}", err=True)
 
-            summary = _run_async(
+            summary = asyncio.run(
                 send_all(
                     settings, todo.entries, journal, batch=batch, in_flight=in_flight,
                     timeout_s=timeout, retry_refused=retry_refused, advance=advance,
@@ -528,8 +520,8 @@ def identities_show(identity: str, as_json: bool) -> None:
 
     settings = _settings()
     stored = _shown_everywhere(settings, identity)
-    requests = _run_async(enrollment_records(settings, identity))
-    state = _run_async(state_records(settings, identity))
+    requests = asyncio.run(enrollment_records(settings, identity))
+    state = asyncio.run(state_records(settings, identity))
     report = {
         "identity": identity,
         "gallery": stored,
@@ -616,7 +608,7 @@ def identities_delete(identity: str, timeout: float) -> None:
     from streams.clients import request_enrollment
     from streams.enrollment import EnrollmentRequest
 
-    reply = _run_async(
+    reply = asyncio.run(
         request_enrollment(_settings(), EnrollmentRequest("delete", identity), timeout)
     )
     _print_ack(reply)
@@ -654,7 +646,7 @@ def watch(
                     return
 
     with contextlib.suppress(KeyboardInterrupt):
-        _run_async(run())
+        asyncio.run(run())
 
 
 @main.command()
@@ -909,7 +901,7 @@ def reindex(batch: int, force: bool, as_json: bool) -> None:
             bar.update(tasks[phase], completed=done, total=total)
 
         try:
-            summary = _run_async(run(_settings(), progress, batch=batch, force=force))
+            summary = asyncio.run(run(_settings(), progress, batch=batch, force=force))
         except ReindexRefused as exc:
             raise click.ClickException(str(exc)) from exc
     shown = {k: v for k, v in summary.items() if k != "refused photos"}
@@ -978,7 +970,7 @@ def topics() -> None:
     from streams.topics import ensure_topics, topic_specs
 
     settings = _settings()
-    _run_async(ensure_topics(settings))
+    asyncio.run(ensure_topics(settings))
     console.print(kv_table("topics (partitions)", topic_specs(settings)))
 
 
