@@ -294,12 +294,31 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _background_priority() -> None:
-    """A builder yields the CPU and the disk to searches and enrolments (best effort)."""
+    """The calling thread yields the CPU and the disk to searches and enrolments (best
+    effort). On Linux both are per thread, and so are inherited by the threads it starts
+    (the engine's indexing threads)."""
     with contextlib.suppress(Exception):
         os.nice(10)
     with contextlib.suppress(Exception):  # ioprio_set(IOPRIO_WHO_PROCESS, self, IDLE class)
         if sys.platform == "linux" and os.uname().machine == "x86_64":
             ctypes.CDLL("libc.so.6", use_errno=True).syscall(251, 1, 0, 3 << 13)
+
+
+def _build_in_background(job: dict[str, Any]) -> tuple[qe.EdgeShard, dict[str, Any]]:
+    """``_build`` and the prewarm in a thread at background priority. The process's main
+    thread then serves the new index at normal priority: an unprivileged process cannot
+    lower its nice again, so a builder that lowered its own would serve every search after
+    a rebuild at nice 10, behind the enrolments."""
+
+    def work() -> tuple[qe.EdgeShard, dict[str, Any]]:
+        _background_priority()
+        shard, info = _build(job)
+        info["build_nice"] = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's
+        info["prewarm_s"] = _prewarm(Path(job["out"]))
+        return shard, info
+
+    with ThreadPoolExecutor(1, thread_name_prefix="gallery-build") as pool:
+        return pool.submit(work).result()
 
 
 def _build(job: dict[str, Any]) -> tuple[qe.EdgeShard, dict[str, Any]]:
@@ -554,9 +573,7 @@ def _engine_main(fd: int) -> None:
             server = _LiveServer(Path(job["folder"]), job["names"], job["dim"])
             info: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 3)}
         elif job["mode"] == "build":
-            _background_priority()
-            shard, info = _build(job)
-            info["prewarm_s"] = _prewarm(Path(job["out"]))
+            shard, info = _build_in_background(job)
             server = _IndexServer(shard, Hidden())
         else:
             shard = qe.EdgeShard.load(job["path"])

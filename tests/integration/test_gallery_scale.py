@@ -175,6 +175,32 @@ def test_searches_answer_while_the_index_builds(
     g.close()
 
 
+def thread_nices(pid: int) -> dict[int, int]:
+    """Each thread's nice value, from /proc (field 19 of its stat line)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        out[int(task.name)] = int(fields[16])
+    return out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="nice per thread is Linux's")
+def test_the_index_served_after_a_build_searches_at_normal_priority(
+    tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    """The builder process serves the index it built. Its build runs at nice 10, and an
+    unprivileged process cannot lower its nice again: had the whole process been niced,
+    every search after the first rebuild would queue behind the enrolments."""
+    g = EdgeGallery(tmp_path / "g", MODEL, DIM, options=options(), auto_index=False)
+    enrol_all(g, data, range(PEOPLE // 4))
+    g.build_index(wait=True)
+    assert g.search(data["queries"][:1], 1)[0]  # served by the builder's process
+    pid = g._index.proc.pid
+    assert thread_nices(pid)[pid] == 0
+    assert g.builds[0]["build_nice"] == 10  # while the build itself yielded
+    g.close()
+
+
 @pytest.mark.parametrize("backend", ["edge", "server"])
 def test_a_person_with_many_photos_does_not_crowd_others_out(
     backend: str, tmp_path: Path, data: dict[str, np.ndarray]
