@@ -264,9 +264,10 @@ def live_traffic(
     queries: np.ndarray,
     args: Any,
     seed: int,
+    builds: int = 1,
 ) -> dict[str, Any]:
-    """Enrolments and paced searches at once until a build triggered by the enrolments has
-    been served (or ``--stream-s`` passed)."""
+    """Enrolments and paced searches at once until ``builds`` builds triggered by the
+    enrolments have been served (or ``--stream-s`` passed)."""
     rng = np.random.default_rng(seed)
     stop = threading.Event()
     searches: list[tuple[float, float, bool]] = []  # (start, ms per call, build running)
@@ -308,7 +309,7 @@ def live_traffic(
     while time.perf_counter() - started < args.stream_s:
         time.sleep(0.5)
         seen_building = seen_building or building()
-        if len(gallery.builds) > builds_before and not building():
+        if len(gallery.builds) >= builds_before + builds and not building():
             time.sleep(10)  # some traffic after the switch too
             break
     stop.set()
@@ -333,6 +334,28 @@ def live_traffic(
         "builds": gallery.builds[builds_before:],
         "build_seen": seen_building,
     }
+
+
+def print_traffic(traffic: dict[str, Any], args: Any) -> None:
+    """``live_traffic``'s calls split by whether a build ran, and its builds."""
+    rows = [
+        [call, when, f["n"], f["p50"], f["p99"], f["max"]]
+        for call, key in (("search (3 faces)", "searches"), ("enrolment (add)", "enrolments"))
+        for when, f in (("a build running", traffic[key]["during_build"]),
+                        ("no build", traffic[key]["no_build"]))
+    ]  # fmt: skip
+    print_table(
+        f"live traffic ({traffic['wall_s']:.0f} s): searches of 3 faces at "
+        f"{args.search_rate}/s, enrolments of 5 photos at {args.enrol_rate}/s",
+        ["calls", "when", "n", "p50 ms", "p99 ms", "max ms"],
+        rows,
+    )
+    print_table(
+        "builds triggered by the enrolments",
+        ["points", "added", "copy s", "upserts s", "optimize s", "build s", "start to served s"],
+        [[b["points"], b["added"], b["copy_s"], b["load_s"], b["optimize_s"], b["build_s"],
+          b["wall_s"]] for b in traffic["builds"]],
+    )  # fmt: skip
 
 
 def timed_ms(fn: Any, *args: Any) -> tuple[Any, float]:
@@ -617,29 +640,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         ["how", "p50 ms", "p99 ms"],
         [["query_batch(exact=True), 1 query", *np.percentile(exact_ms, [50, 99])]],
     )
-    s, e = traffic["searches"], traffic["enrolments"]
+    s = traffic["searches"]
     first_page = reads["identities_limit_100_first_page_ms"]
-    print_table(
-        f"live traffic ({traffic['wall_s']:.0f} s): searches of 3 faces at "
-        f"{args.search_rate}/s, enrolments of 5 photos at {args.enrol_rate}/s",
-        ["calls", "when", "n", "p50 ms", "p99 ms", "max ms"],
-        [
-            ["search (3 faces)", "a build running", s["during_build"]["n"],
-             s["during_build"]["p50"], s["during_build"]["p99"], s["during_build"]["max"]],
-            ["search (3 faces)", "no build", s["no_build"]["n"], s["no_build"]["p50"],
-             s["no_build"]["p99"], s["no_build"]["max"]],
-            ["enrolment (add)", "a build running", e["during_build"]["n"],
-             e["during_build"]["p50"], e["during_build"]["p99"], e["during_build"]["max"]],
-            ["enrolment (add)", "no build", e["no_build"]["n"], e["no_build"]["p50"],
-             e["no_build"]["p99"], e["no_build"]["max"]],
-        ],
-    )  # fmt: skip
-    print_table(
-        "builds triggered by the enrolments",
-        ["points", "added", "copy s", "upserts s", "optimize s", "build s", "start to served s"],
-        [[b["points"], b["added"], b["copy_s"], b["load_s"], b["optimize_s"], b["build_s"],
-          b["wall_s"]] for b in traffic["builds"]],
-    )  # fmt: skip
+    print_traffic(traffic, args)
     print_table(
         f"identity reads at {args.points} points",
         ["call", "p50 ms", "max ms"],
