@@ -265,9 +265,12 @@ def live_traffic(
     args: Any,
     seed: int,
     builds: int = 1,
+    tag: str = "new",
 ) -> dict[str, Any]:
     """Enrolments and paced searches at once until ``builds`` builds triggered by the
-    enrolments have been served (or ``--stream-s`` passed)."""
+    enrolments have been served (or ``--stream-s`` passed). The enrolled identities are
+    ``{tag}-0000000``, ...: a new tag for each run on a kept gallery, or its enrolments
+    replace the last run's people (each hiding their old photos in the index)."""
     rng = np.random.default_rng(seed)
     stop = threading.Event()
     searches: list[tuple[float, float, bool]] = []  # (start, ms per call, build running)
@@ -293,9 +296,9 @@ def live_traffic(
         while not stop.is_set():
             ident = int(rng.integers(0, len(centres)))
             vectors = photos_of(np.repeat(centres[ident : ident + 1], 5, axis=0), rng)
-            photos = [{"name": f"new-{n}-{p}.jpg", "sha256": f"new-{n}-{p}"} for p in range(5)]
+            photos = [{"name": f"{tag}-{n}-{p}.jpg", "sha256": f"{tag}-{n}-{p}"} for p in range(5)]
             t = time.perf_counter()
-            gallery.add(f"new-{n:07d}", None, vectors, photos, "bench")
+            gallery.add(f"{tag}-{n:07d}", None, vectors, photos, "bench")
             enrols.append((t, (time.perf_counter() - t) * 1000, gallery._build is not None))
             n += 1
             next_at += period

@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         gallery.search(queries[:1], 3)  # starts the live and index processes
         open_s = time.perf_counter() - t
         log(f"opened in {open_s:.1f} s; live traffic until {args.builds} builds are served")
-        traffic = live_traffic(gallery, centres, queries, args, args.seed + 1, args.builds)
+        tag = f"new{int(time.time())}"  # new people, not the last run's again
+        traffic = live_traffic(gallery, centres, queries, args, args.seed + 1, args.builds, tag)
         points = gallery.size()
     finally:
         gallery.close()
