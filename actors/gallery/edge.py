@@ -369,10 +369,12 @@ def _build(job: dict[str, Any]) -> tuple[qe.EdgeShard, dict[str, Any]]:
 class _IndexServer:
     """Requests to the index shard, in the index process."""
 
-    # Up to this many hidden points, a search asks the index for that many more and drops
-    # them here: a must_not filter makes qdrant-edge's HNSW search twice as slow per face
-    # (1M points, 10 erased identities: 5-6 -> 10-13 ms).
-    post_filter_max = 256
+    # A search asks the index for up to this many more points than it needs and drops the
+    # hidden ones from the answer: a must_not filter makes qdrant-edge's HNSW search twice as
+    # slow per face (1M points, 10 erased identities: 5-6 -> 10-13 ms), and with thousands
+    # of hidden points (re-enrolments replacing photos) ten times as slow. A query left short
+    # (a person whose many old photos are hidden) is asked again with the filter.
+    post_filter_extra = 32
 
     def __init__(self, shard: qe.EdgeShard, hidden: Hidden) -> None:
         self.shard, self.hidden = shard, hidden
@@ -380,7 +382,7 @@ class _IndexServer:
 
     def _post_filtered(self) -> int | None:
         """How many more points a search asks for, to drop the hidden ones from its answer;
-        None: too many (or hidden by time), the index filters them."""
+        None: hidden by time, the index filters them."""
         if self.hidden.before:
             return None
         if self._hidden_points is None:
@@ -389,7 +391,22 @@ class _IndexServer:
             self._hidden_points = self.shard.count(qe.CountRequest(exact=True, filter=flt))
             if flt is None:
                 self._hidden_points = 0
-        return self._hidden_points if self._hidden_points <= self.post_filter_max else None
+        return min(self._hidden_points, self.post_filter_extra)
+
+    def _query(
+        self, vectors: np.ndarray, limit: int, params: Any, flt: qe.Filter | None
+    ) -> list[list[tuple[str, float, dict[str, Any]]]]:
+        requests = [
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(v.tolist()),
+                with_payload=True,
+                filter=flt,
+                params=params,
+            )
+            for v in vectors
+        ]
+        return [_hits(p) for p in self.shard.query_batch(qe.QueryBatchRequest(requests))]
 
     def query(
         self, vectors: np.ndarray, limit: int, ef: int, oversampling: float | None, exact: bool
@@ -398,27 +415,26 @@ class _IndexServer:
         if oversampling:
             quantization = qe.QuantizationSearchParams(rescore=True, oversampling=oversampling)
         extra = self._post_filtered()
-        flt = _filter(None, self.hidden) if extra is None else None
         asked = limit + (extra or 0)
         params = qe.SearchParams(hnsw_ef=max(ef, asked), exact=exact, quantization=quantization)
-        requests = [
-            qe.QueryRequest(
-                limit=asked,
-                query=qe.Query.Nearest(v.tolist()),
-                with_payload=True,
-                filter=flt,
-                params=params,
-            )
-            for v in vectors
-        ]
-        found = [_hits(p) for p in self.shard.query_batch(qe.QueryBatchRequest(requests))]
+        if extra is None:
+            return self._query(vectors, limit, params, _filter(None, self.hidden))
+        found = self._query(vectors, asked, params, None)
         if not extra:
             return found
         ids, identities = self.hidden.ids, self.hidden.identities
-        return [
-            [h for h in hits if h[0] not in ids and h[2].get("identity") not in identities][:limit]
+        kept = [
+            [h for h in hits if h[0] not in ids and h[2].get("identity") not in identities]
             for hits in found
         ]
+        # Complete: enough points left, or the index holds no more than it gave.
+        short = [i for i, (k, f) in enumerate(zip(kept, found, strict=True))
+                 if len(k) < limit and len(f) == asked]  # fmt: skip
+        if short:
+            again = self._query(vectors[short], limit, params, _filter(None, self.hidden))
+            for i, hits in zip(short, again, strict=True):
+                kept[i] = hits
+        return [k[:limit] for k in kept]
 
     def count(self, spec: tuple | None) -> int:
         return self.shard.count(qe.CountRequest(exact=True, filter=_filter(spec, self.hidden)))

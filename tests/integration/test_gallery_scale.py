@@ -219,6 +219,34 @@ def test_a_person_with_many_photos_does_not_crowd_others_out(
     g.close()
 
 
+def test_an_erased_person_with_many_photos_in_the_index_hides_no_one_else(
+    tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    """Hidden points are dropped from the index's answers, with a few more asked for: a
+    query whose nearest points are all hidden (60 photos of an erased person, more than the
+    extra asked) is asked again with the filter, and still finds the next people."""
+    g = EdgeGallery(tmp_path / "g", MODEL, DIM, options=options(), auto_index=False)
+    people = range(PEOPLE // 4)
+    enrol_all(g, data, people)
+    rng = np.random.default_rng(3)
+    query = data["queries"][:1]
+    crowd = unit(query + 0.3 * rng.standard_normal((60, DIM)).astype(np.float32) / np.sqrt(DIM))
+    g.add("crowd", None, crowd, [{"name": f"{k}", "sha256": f"c{k}"} for k in range(60)])
+    for who, scale in (("second", 1.2), ("third", 1.6)):
+        v = unit(query + scale * rng.standard_normal((1, DIM)).astype(np.float32) / np.sqrt(DIM))
+        g.add(who, None, v, [{"name": who, "sha256": who}])
+    g.build_index(wait=True)
+    assert g.unindexed() == 0
+    victims = [name(i) for i in people[:10]]
+    for who in ["crowd", *victims]:
+        assert g.delete(who) > 0
+    (found,) = g.search(query, 2)
+    assert [c.identity for c in found] == ["second", "third"]
+    alive = np.isin(data["owner"], people) & ~np.isin(data["owner"], range(10))
+    assert decisions(g, data["queries"][1:]) == exact(data, alive)[1:]
+    g.close()
+
+
 def open_backend(backend: str, tmp_path: Path) -> Gallery:
     if backend == "edge":
         return EdgeGallery(tmp_path / "g", MODEL, DIM, options=options())
