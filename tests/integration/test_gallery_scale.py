@@ -201,19 +201,25 @@ def test_the_index_served_after_a_build_searches_at_normal_priority(
     g.close()
 
 
-@pytest.mark.parametrize("backend", ["edge", "server"])
-def test_a_person_with_many_photos_does_not_crowd_others_out(
-    backend: str, tmp_path: Path, data: dict[str, np.ndarray]
-) -> None:
-    g = open_backend(backend, tmp_path)
+def add_crowd(g: Gallery, data: dict[str, np.ndarray]) -> np.ndarray:
+    """60 photos of "crowd" right around the first query, then "second" and "third" a bit
+    further away; returns that query."""
     rng = np.random.default_rng(3)
     query = data["queries"][:1]
-    # 60 photos of one person right around the query, then two others a bit further away.
     crowd = unit(query + 0.3 * rng.standard_normal((60, DIM)).astype(np.float32) / np.sqrt(DIM))
     g.add("crowd", None, crowd, [{"name": f"{k}", "sha256": f"c{k}"} for k in range(60)])
     for who, scale in (("second", 1.2), ("third", 1.6)):
         v = unit(query + scale * rng.standard_normal((1, DIM)).astype(np.float32) / np.sqrt(DIM))
         g.add(who, None, v, [{"name": who, "sha256": who}])
+    return query
+
+
+@pytest.mark.parametrize("backend", ["edge", "server"])
+def test_a_person_with_many_photos_does_not_crowd_others_out(
+    backend: str, tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    g = open_backend(backend, tmp_path)
+    query = add_crowd(g, data)
     (found,) = g.search(query, 3)
     assert [c.identity for c in found] == ["crowd", "second", "third"]
     g.close()
@@ -228,13 +234,7 @@ def test_an_erased_person_with_many_photos_in_the_index_hides_no_one_else(
     g = EdgeGallery(tmp_path / "g", MODEL, DIM, options=options(), auto_index=False)
     people = range(PEOPLE // 4)
     enrol_all(g, data, people)
-    rng = np.random.default_rng(3)
-    query = data["queries"][:1]
-    crowd = unit(query + 0.3 * rng.standard_normal((60, DIM)).astype(np.float32) / np.sqrt(DIM))
-    g.add("crowd", None, crowd, [{"name": f"{k}", "sha256": f"c{k}"} for k in range(60)])
-    for who, scale in (("second", 1.2), ("third", 1.6)):
-        v = unit(query + scale * rng.standard_normal((1, DIM)).astype(np.float32) / np.sqrt(DIM))
-        g.add(who, None, v, [{"name": who, "sha256": who}])
+    query = add_crowd(g, data)
     g.build_index(wait=True)
     assert g.unindexed() == 0
     victims = [name(i) for i in people[:10]]
