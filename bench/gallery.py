@@ -491,11 +491,24 @@ def index_files(index_dir: Path, points: int) -> list[list[Any]]:
     return [*rows, ["total", total / 2**20, total / max(points, 1)]]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = bench_parser(__doc__)
+def add_data_args(parser: Any) -> None:
+    """The synthetic gallery's shape: the benches that reuse a kept gallery regenerate its
+    queries from the same values."""
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--identities", type=int, default=200_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def add_traffic_args(parser: Any, stream_s: float) -> None:
+    """``live_traffic``'s rates and its longest run."""
+    parser.add_argument("--stream-s", type=float, default=stream_s, help="at most this long")
+    parser.add_argument("--enrol-rate", type=float, default=100.0, help="identities/s")
+    parser.add_argument("--search-rate", type=float, default=13.0, help="calls/s of 3 faces")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = bench_parser(__doc__)
     parser.add_argument("--efs", default="128,256,512")
     parser.add_argument("--quantization", default=GallerySettings().quantization)
     parser.add_argument("--oversampling", type=float, default=None)
@@ -504,11 +517,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--build-threads", type=int, default=0, help="the first build (0: all cores)"
     )
     parser.add_argument("--index-threshold", type=int, default=None)
-    parser.add_argument("--stream-s", type=float, default=240.0)
-    parser.add_argument("--enrol-rate", type=float, default=100.0, help="identities/s")
-    parser.add_argument("--search-rate", type=float, default=13.0, help="calls/s of 3 faces")
+    add_data_args(parser)
+    add_traffic_args(parser, 240.0)
     parser.add_argument("--exact-queries", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--model-id",
         default=MODEL,

@@ -21,6 +21,8 @@ from pathlib import Path
 from actors.gallery.edge import EdgeGallery
 from bench.common import ForeignLoad, bench_parser, describe_machine, emit_json, log, print_table
 from bench.gallery import (
+    add_data_args,
+    add_traffic_args,
     gallery_folder_of,
     live_traffic,
     make_data,
@@ -38,13 +40,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--gallery", type=Path, required=True, help="a kept bench.gallery root")
     parser.add_argument("--builds", type=int, default=2, help="background builds to wait for")
-    parser.add_argument("--stream-s", type=float, default=900.0, help="at most this long")
-    parser.add_argument("--enrol-rate", type=float, default=100.0, help="identities/s")
-    parser.add_argument("--search-rate", type=float, default=13.0, help="calls/s of 3 faces")
-    parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--identities", type=int, default=200_000)
-    parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_traffic_args(parser, 900.0)
+    add_data_args(parser)
     args = parser.parse_args(argv)
 
     info = describe_machine()

@@ -42,6 +42,7 @@ from bench.gallery import (
     P99_TARGET_MS,
     RECALL_TARGET,
     TOP_K,
+    add_data_args,
     agreement,
     cli_listing,
     gallery_folder_of,
@@ -74,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--build-threads", type=int, default=0, help="the catch-up build (0: all cores)"
     )
-    parser.add_argument("--points", type=int, default=1_000_000)
-    parser.add_argument("--identities", type=int, default=200_000)
-    parser.add_argument("--queries", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_data_args(parser)
     args = parser.parse_args(argv)
     efs = [int(e) for e in args.efs.split(",")]
     oversamplings = [float(o) for o in args.oversamplings.split(",")]
