@@ -73,7 +73,9 @@ def facestream_model(settings: Settings, threads: int, **flags: Any) -> Any:
     from actors.models.packs import resolve_pack
 
     pack = resolve_pack(settings.model.folder, settings.cache_dir)
-    model_settings = settings.model.model_copy(update={"intra_op_threads": threads})
+    # One model call at a time, as insightface makes them: the same thread budget.
+    update = {"intra_op_threads": threads, "compute_threads": 1}
+    model_settings = settings.model.model_copy(update=update)
     return InsightFaceOnnx(pack, model_settings, **flags)
 
 

@@ -422,7 +422,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     info = describe_machine()
     photos = sample_photos()
     threads, batch = settings.model.intra_op_threads, settings.batch.size
-    log(f"bare models: loading (intra_op_threads={threads}); batches of {batch}")
+    compute = settings.model.compute_threads
+    log(
+        f"bare models: loading (intra_op_threads={threads}, compute_threads={compute});"
+        f" batches of {batch}"
+    )
     model = warm_model(settings, photos)
     stages = stage_breakdown(model, settings, photos)
 
@@ -518,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "images_per_run": args.images,
         "photos": [name for name, _ in photos],
         "intra_op_threads": threads,
+        "compute_threads": compute,
         "batch_size": batch,
         "fetch_max_wait_ms": fetch_wait,
         "bare_images_per_s": bare_rate,

@@ -228,6 +228,15 @@ class ModelSettings(Group):
         description="Threads per model replica decoding a batch's images while the model runs"
         " (0: decode in the model's thread).",
     )
+    compute_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Model calls one replica runs at once (the detector on different images,"
+        " the recogniser on different faces): on CPU, where a call uses intra_op_threads,"
+        " a crowd photo or a batch then also uses the cores other replicas leave idle"
+        " (1: one call after another).",
+    )
     decode_budget_mib: int = Field(
         256,
         ge=16,

@@ -10,6 +10,13 @@
    dropped once its faces are aligned, only the small aligned crops stay;
 3. embed every face of the batch, in recogniser calls of at most ``max_embed_batch`` crops.
 
+Up to ``compute_threads`` model calls run at once (onnxruntime releases the GIL and its
+sessions take concurrent calls): the detector on different images of a batch, the
+recogniser on different faces. On CPU, where each call runs on ``intra_op_threads``, a
+crowd photo's faces then also use a core that the other replicas leave idle (t1.jpg's six
+faces 1.5x faster on 2 cores, bench/model_path.py); under full load the calls share the
+cores and cost what they cost one after another. Results do not depend on it.
+
 Chunks hold at most ``max_chunk_images`` images whose decoded pixels (read from the headers
 before decoding) stay under half of ``decode_budget_bytes``, and the next chunk is decoded
 ahead only when both fit in the budget, so the decoded pixels a batch holds at once stay
@@ -28,8 +35,9 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -42,8 +50,11 @@ from core.settings import ImageLimits
 
 Detections = tuple[list[DetectedFace], np.ndarray]  # faces of one image, (n, 5, 2) landmarks
 Decoded = tuple[np.ndarray | ImageRejected, float]  # pixels or the rejection, seconds taken
+# Each image's faces and their aligned crops, then the seconds spent detecting and aligning.
+Placed = tuple[list[tuple[list[DetectedFace], list[np.ndarray]]], float, float]
 
 _POOL_LOCK = threading.Lock()
+T = TypeVar("T")
 
 
 class FaceModel(ABC):
@@ -56,6 +67,9 @@ class FaceModel(ABC):
     # a batch of one image is always decoded in the calling thread). The runtimes set this
     # and decode_budget_bytes from model.decode_threads and model.decode_budget_mib.
     decode_threads: int = 2
+    # Model calls run at once (see the module doc; 1: one after another in the calling
+    # thread). The runtimes set it from model.compute_threads.
+    compute_threads: int = 1
     # Decoded pixels one analyze_bytes() call holds at once, at most (see the module doc).
     decode_budget_bytes: int = 256 * 2**20
     # Images detected together (one detector call for runtimes that batch detection).
@@ -97,12 +111,11 @@ class FaceModel(ABC):
 
     def analyze(self, images_bgr: list[np.ndarray]) -> list[ImageFaces]:
         """Detect (``detect_many``), then embed every face of every image together."""
-        timings = {"detect": 0.0, "embed": 0.0}
-        crops: list[np.ndarray] = []
-        found = self._detect_and_align(images_bgr, crops, timings)
-        embeddings = self._embed(crops, timings)
+        placed, detect_s, align_s = self._detect_and_align(images_bgr)
+        timings = {"detect": detect_s, "embed": align_s}
+        embeddings = self._embed([c for _, crops in placed for c in crops], timings)
         self.last_timings = timings
-        return _split(found, embeddings)
+        return _split([faces for faces, _ in placed], embeddings)
 
     def analyze_bytes(
         self, blobs: list[bytes], limits: ImageLimits
@@ -116,10 +129,11 @@ class FaceModel(ABC):
         chunks = plan_chunks(sizes, self.decode_budget_bytes // 2, self.max_chunk_images)
         # A lone image has nothing to overlap with: decoded here, without a thread hop (which
         # cost ~3-5% per image in bench/model_path.py's batch of 1).
-        pool = self._decode_pool() if len(blobs) > 1 else None
+        pool = self._pool("decode", self.decode_threads) if len(blobs) > 1 else None
+        compute = self._compute_pool() if len(blobs) > 1 else None
 
         def start(chunk: list[int]) -> deque[Future[Decoded]]:
-            return deque(_submit(pool, blobs[i], limits, self.det_size) for i in chunk)
+            return deque(_submit(pool, _decode, blobs[i], limits, self.det_size) for i in chunk)
 
         ahead = start(chunks[0]) if chunks else deque()
         for k, chunk in enumerate(chunks):
@@ -130,19 +144,32 @@ class FaceModel(ABC):
                 ahead = start(following)  # decodes while this chunk is in the model
             images: list[np.ndarray] = []
             where: list[int] = []
+            placing: list[tuple[list[int], Future[Placed]]] = []
             for i in chunk:
                 # Popped, so that a future does not keep its pixels once they are placed.
                 result, seconds = current.popleft().result()
                 timings["decode"] += seconds
                 if isinstance(result, ImageRejected):
                     slots[i] = result
-                else:
+                elif self.detects_in_batches:
                     images.append(result)
                     where.append(i)
+                else:  # now, while the next images decode
+                    placing.append(([i], _submit(compute, self._detect_and_align, [result])))
                 del result
-                if not self.detects_in_batches:  # now, while the next images decode
-                    self._place(images, where, slots, crops, timings)
-            self._place(images, where, slots, crops, timings)
+            if images:
+                placing.append((where, _submit(compute, self._detect_and_align, images)))
+                del images
+            # The chunk's pixels are dropped here, before the next chunk decodes ahead: only
+            # the small aligned crops stay.
+            for indices, placed in placing:
+                found, detect_s, align_s = placed.result()
+                timings["detect"] += detect_s
+                timings["embed"] += align_s
+                for i, (faces, image_crops) in zip(indices, found, strict=True):
+                    slots[i] = faces
+                    crops.extend(image_crops)
+            del placing
             if following and not ahead:
                 ahead = start(following)
         embeddings = iter(
@@ -151,60 +178,53 @@ class FaceModel(ABC):
         self.last_timings = timings
         return [s if isinstance(s, ImageRejected) else next(embeddings) for s in slots]
 
-    def _place(
-        self,
-        images: list[np.ndarray],
-        where: list[int],
-        slots: list[list[DetectedFace] | ImageRejected | None],
-        crops: list[np.ndarray],
-        timings: dict[str, float],
-    ) -> None:
-        """Detects ``images`` into their ``slots``, then drops them: only the crops stay."""
-        if images:
-            found = self._detect_and_align(images, crops, timings)
-            for i, faces in zip(where, found, strict=True):
-                slots[i] = faces
-        images.clear()
-        where.clear()
-
-    def _detect_and_align(
-        self, images: list[np.ndarray], crops: list[np.ndarray], timings: dict[str, float]
-    ) -> list[list[DetectedFace]]:
-        """Faces of each image, with their quality; their aligned crops appended to crops."""
+    def _detect_and_align(self, images: list[np.ndarray]) -> Placed:
+        """Faces of each image with their quality and aligned crops; the seconds spent
+        detecting, then aligning (returned, not added up here: it runs in pool threads)."""
         started = time.perf_counter()
         detections = self.detect_many(images) if images else []
         detected = time.perf_counter()
         found = []
         for img, (faces, all_kps) in zip(images, detections, strict=True):
+            crops = []
             for face, kps in zip(faces, all_kps, strict=True):
                 crop = self.align(img, kps)
                 face.quality = measure(crop, self.pose_landmarks(img, kps), face.bbox)
                 crops.append(crop)
-            found.append(faces)
-        timings["detect"] += detected - started
-        timings["embed"] += time.perf_counter() - detected
-        return found
+            found.append((faces, crops))
+        return found, detected - started, time.perf_counter() - detected
 
     def _embed(self, crops: list[np.ndarray], timings: dict[str, float]) -> np.ndarray:
         started = time.perf_counter()
         step = max(1, self.max_embed_batch)
-        parts = [self.embed_crops(crops[i : i + step]) for i in range(0, len(crops), step)]
+        calls = [crops[i : i + step] for i in range(0, len(crops), step)]
+        pool = self._compute_pool() if len(calls) > 1 else None
+        parts = list(pool.map(self.embed_crops, calls) if pool else map(self.embed_crops, calls))
         embeddings = (
             np.concatenate(parts) if parts else np.zeros((0, self.embedding_dim), np.float32)
         )
         timings["embed"] += time.perf_counter() - started
         return embeddings
 
-    def _decode_pool(self) -> ThreadPoolExecutor | None:
-        if self.decode_threads <= 0:
+    def _compute_pool(self) -> ThreadPoolExecutor | None:
+        # One thread is the calling one: no pool, no thread hop.
+        return self._pool("compute", self.compute_threads) if self.compute_threads > 1 else None
+
+    def _pool(self, kind: str, threads: int) -> ThreadPoolExecutor | None:
+        """This model's pool of ``threads`` threads for ``kind`` of work (None for 0),
+        made on first use and again when resized."""
+        if threads <= 0:
             return None
         with _POOL_LOCK:
-            threads, pool = self.__dict__.get("_decoder", (0, None))
-            if pool is None or threads != self.decode_threads:  # first use, or resized
+            pools: dict[str, tuple[int, ThreadPoolExecutor]] = self.__dict__.setdefault(
+                "_pools", {}
+            )
+            size, pool = pools.get(kind, (0, None))
+            if pool is None or size != threads:
                 if pool is not None:
                     pool.shutdown(wait=False)
-                pool = ThreadPoolExecutor(self.decode_threads, thread_name_prefix="decode")
-                self._decoder = (self.decode_threads, pool)
+                pool = ThreadPoolExecutor(threads, thread_name_prefix=kind)
+                pools[kind] = (threads, pool)
         return pool
 
 
@@ -245,14 +265,13 @@ def _decode(blob: bytes, limits: ImageLimits, det_size: int) -> Decoded:
     return result, time.perf_counter() - started
 
 
-def _submit(
-    pool: ThreadPoolExecutor | None, blob: bytes, limits: ImageLimits, det_size: int
-) -> Future[Decoded]:
+def _submit(pool: ThreadPoolExecutor | None, work: Callable[..., T], *args: Any) -> Future[T]:
+    """``work(*args)`` in ``pool``, or here and now without one."""
     if pool is not None:
-        return pool.submit(_decode, blob, limits, det_size)
-    done: Future[Decoded] = Future()  # no pool: decoded here and now
+        return pool.submit(work, *args)
+    done: Future[T] = Future()
     try:
-        done.set_result(_decode(blob, limits, det_size))
+        done.set_result(work(*args))
     except Exception as exc:
         done.set_exception(exc)
     return done

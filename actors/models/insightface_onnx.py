@@ -55,6 +55,7 @@ class InsightFaceOnnx(FaceModel):
         *,
         batched_detection: bool | None = None,
         decode_threads: int | None = None,
+        compute_threads: int | None = None,
         max_embed_batch: int | None = None,
         provider_options: list[dict[str, Any]] | None = None,
     ) -> None:
@@ -89,6 +90,9 @@ class InsightFaceOnnx(FaceModel):
             log.warning("asked for %s, running on %s", requested[0], self.providers[0])
         # The keyword arguments override the settings (benchmarks and tests compare both).
         self.decode_threads = settings.decode_threads if decode_threads is None else decode_threads
+        self.compute_threads = (
+            settings.compute_threads if compute_threads is None else compute_threads
+        )
         self.decode_budget_bytes = settings.decode_budget_mib * 2**20
         if batched_detection is None:
             on_cpu = detector.session.get_providers()[0] == "CPUExecutionProvider"

@@ -1,8 +1,12 @@
 """The model settings reach the runtime: batched detection (auto: off on CPU), the decode
-pool's threads and its memory budget, through load_face_model as the actors load it."""
+pool's threads and its memory budget, the model calls run at once, through load_face_model
+as the actors load it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from actors.models import load_face_model
@@ -16,16 +20,38 @@ def test_the_defaults_are_todays_behaviour_on_cpu() -> None:
     assert not model.detects_in_batches  # auto: slower on CPU (BENCHMARKS.md)
     assert model.decode_threads == 2
     assert model.decode_budget_bytes == 256 * 2**20
+    assert model.compute_threads == 2
 
 
 def test_each_setting_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACESTREAM_MODEL__BATCHED_DETECTION", "on")
     monkeypatch.setenv("FACESTREAM_MODEL__DECODE_THREADS", "0")
     monkeypatch.setenv("FACESTREAM_MODEL__DECODE_BUDGET_MIB", "64")
+    monkeypatch.setenv("FACESTREAM_MODEL__COMPUTE_THREADS", "1")
     model = load_face_model(Settings())
     assert model.detects_in_batches
     assert model.decode_threads == 0
     assert model.decode_budget_bytes == 64 * 2**20
+    assert model.compute_threads == 1
+
+
+def test_concurrent_model_calls_find_the_same_faces_and_embeddings(samples: Path) -> None:
+    """compute_threads runs the detector and the recogniser on several images and faces at
+    once, in one onnxruntime session: a batch of real photos (crowds among them) and a lone
+    crowd photo come out as one call at a time makes them."""
+    settings = Settings().override(model__providers=["CPUExecutionProvider"])
+    photos = ["t1.jpg", "obama2.jpg", "players.jpg", "biden2.jpg", "gdp.jpg", "obama3.jpg"]
+    blobs = [(samples / name).read_bytes() for name in photos]
+    model = load_face_model(settings)
+    for batch in (blobs, blobs[:1]):
+        results = {}
+        for threads in (1, 4):
+            model.compute_threads = threads
+            results[threads] = model.analyze_bytes(batch, settings.limits)
+        for one, many in zip(results[1], results[4], strict=True):
+            assert [f.bbox for f in one.faces] == [f.bbox for f in many.faces]
+            assert len(one.embeddings) > 0
+            np.testing.assert_array_equal(one.embeddings, many.embeddings)
 
 
 @pytest.mark.parametrize(
@@ -34,6 +60,7 @@ def test_each_setting_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
         ("FACESTREAM_MODEL__BATCHED_DETECTION", "yes", "'auto', 'on' or 'off'"),
         ("FACESTREAM_MODEL__DECODE_THREADS", "-1", "greater than or equal to 0"),
         ("FACESTREAM_MODEL__DECODE_BUDGET_MIB", "8", "greater than or equal to 16"),
+        ("FACESTREAM_MODEL__COMPUTE_THREADS", "0", "greater than or equal to 1"),
     ],
 )
 def test_values_out_of_range_are_refused_naming_the_variable(

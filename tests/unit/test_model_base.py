@@ -65,13 +65,14 @@ def grey_of(embedding: np.ndarray) -> int:
     return round(float(embedding[0] / embedding[1]))
 
 
+@pytest.mark.parametrize("compute", [1, 3])
 @pytest.mark.parametrize("threads", [0, 1, 3])
 @pytest.mark.parametrize("batches", [False, True])
 def test_rejections_stay_in_input_order_and_embeddings_in_their_image(
-    threads: int, batches: bool
+    threads: int, batches: bool, compute: int
 ) -> None:
     model = OneFacePerImage(batches)
-    model.decode_threads = threads
+    model.decode_threads, model.compute_threads = threads, compute
     blobs = [png(40, 30, 10), b"", png(30, 40, 20), b"junk" * 10, png(50, 50, 30), png(8, 8, 1)]
     results = model.analyze_bytes(blobs, LIMITS)
     kinds = [getattr(r, "reason", "ok") for r in results]
@@ -114,7 +115,7 @@ def test_decoding_runs_in_the_pool_threads(monkeypatch: pytest.MonkeyPatch) -> N
     model.decode_threads = 3  # resized on the next call
     seen.clear()
     model.analyze_bytes([png(20, 20, v) for v in range(8)], LIMITS)
-    assert model._decoder[0] == 3 and all(name.startswith("decode") for name in seen)
+    assert model._pools["decode"][0] == 3 and all(name.startswith("decode") for name in seen)
     here = {threading.current_thread().name}
     seen.clear()
     OneFacePerImage().analyze_bytes([png(20, 20, 1)], LIMITS)  # a lone image: no thread hop
@@ -124,6 +125,55 @@ def test_decoding_runs_in_the_pool_threads(monkeypatch: pytest.MonkeyPatch) -> N
     model.decode_threads = 0
     model.analyze_bytes([png(20, 20, v) for v in range(3)], LIMITS)
     assert seen == here
+
+
+class ManyFacesPerImage(OneFacePerImage):
+    """Four faces in every image; records the thread of each model call and how many run
+    at once (each call sleeps a little, as onnxruntime does, without the GIL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+        self.running = self.most_at_once = 0
+        self.lock = threading.Lock()
+
+    def _call(self) -> None:
+        with self.lock:
+            self.threads.add(threading.current_thread().name)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        threading.Event().wait(0.01)
+        with self.lock:
+            self.running -= 1
+
+    def detect(self, image_bgr: np.ndarray) -> tuple[list[DetectedFace], np.ndarray]:
+        self._call()
+        (face,), kps = super().detect(image_bgr)
+        return [face] * 4, np.repeat(kps, 4, axis=0)
+
+    def embed_crops(self, crops: list[np.ndarray]) -> np.ndarray:
+        self._call()
+        return super().embed_crops(crops)
+
+
+def test_model_calls_run_in_the_compute_threads_at_once() -> None:
+    """compute_threads > 1: a batch's detections and a crowd photo's recogniser calls run
+    in the compute pool, that many at once, with results in place; 1: in the caller."""
+    model = ManyFacesPerImage()
+    model.max_embed_batch, model.compute_threads = 1, 2
+    results = model.analyze_bytes([png(20, 20, v) for v in range(4)], LIMITS)
+    assert [[grey_of(e) for e in r.embeddings] for r in results] == [[v] * 4 for v in range(4)]
+    assert model.threads and all(name.startswith("compute") for name in model.threads)
+    assert model.most_at_once == 2
+    model.threads.clear()
+    (alone,) = model.analyze_bytes([png(20, 20, 7)], LIMITS)  # a lone photo's four faces
+    assert [grey_of(e) for e in alone.embeddings] == [7] * 4
+    assert threading.current_thread().name in model.threads  # its detection: no hop
+    assert any(name.startswith("compute") for name in model.threads)  # its faces: the pool
+    one = ManyFacesPerImage()
+    one.max_embed_batch = 1
+    one.analyze_bytes([png(20, 20, v) for v in range(3)], LIMITS)
+    assert one.threads == {threading.current_thread().name} and one.most_at_once == 1
 
 
 def test_recognition_runs_in_bounded_calls() -> None:
@@ -148,10 +198,11 @@ def test_batched_runtimes_get_chunks_under_the_image_count_and_byte_budget() -> 
     assert model.detect_calls == [1] * 5  # each image as soon as it is decoded
 
 
+@pytest.mark.parametrize("compute", [1, 2])
 @pytest.mark.parametrize("batches", [False, True])
 @pytest.mark.parametrize("threads", [0, 2])
 def test_decoded_pixels_held_at_once_stay_under_the_budget(
-    monkeypatch: pytest.MonkeyPatch, batches: bool, threads: int
+    monkeypatch: pytest.MonkeyPatch, batches: bool, threads: int, compute: int
 ) -> None:
     """A batch of large images never holds more decoded pixels than decode_budget_bytes."""
     image_bytes = 300 * 200 * 3
@@ -178,7 +229,7 @@ def test_decoded_pixels_held_at_once_stay_under_the_budget(
 
     monkeypatch.setattr(base, "decode_image", decode)
     model = Watching(batches)
-    model.decode_threads = threads
+    model.decode_threads, model.compute_threads = threads, compute
     model.decode_budget_bytes = 5 * image_bytes  # chunks of two, the next one ahead
     results = model.analyze_bytes([png(300, 200, v) for v in range(12)], LIMITS)
     assert [grey_of(r.embeddings[0]) for r in results] == list(range(12))
