@@ -11,7 +11,9 @@ threads, OpenCV threads and ``OMP_NUM_THREADS``), run in alternating order each 
   det_size and threshold, one image after the other;
 - ``facestream b1``: ``FaceModel.analyze_bytes([blob])`` per image (header checks, decode,
   detect, align, quality and pose, embed);
-- ``facestream b8``: ``FaceModel.analyze_bytes`` on all 8 photos at once (the default batch).
+- ``facestream b8``: ``FaceModel.analyze_bytes`` on all 8 photos at once (the default batch);
+- ``facestream b1, N calls at once``: b1 with ``model.compute_threads`` N (the replicas'
+  default, 2): a photo's faces on N threads, so a larger thread budget than the others.
 
 Wall ms per image is the figure to compare; CPU ms per image (the process's CPU time, all
 threads) shows what the decode threads add. Then detection alone, per image against one
@@ -92,7 +94,7 @@ def cases(settings: Settings, threads: int) -> dict[str, Callable[[list[bytes]],
             found += len(app.get(img))
         return found
 
-    def batch_of(size: int) -> Callable[[list[bytes]], int]:
+    def batch_of(size: int, model: Any = model) -> Callable[[list[bytes]], int]:
         def run(blobs: list[bytes]) -> int:
             found = 0
             for start in range(0, len(blobs), size):
@@ -102,7 +104,12 @@ def cases(settings: Settings, threads: int) -> dict[str, Callable[[list[bytes]],
 
         return run
 
-    return {"insightface": insightface, "facestream b1": batch_of(1), "facestream b8": batch_of(8)}
+    out = {"insightface": insightface, "facestream b1": batch_of(1), "facestream b8": batch_of(8)}
+    calls = settings.model.compute_threads
+    if calls > 1:  # what the replicas run: a photo's faces on several threads
+        concurrent = facestream_model(settings, threads, compute_threads=calls)
+        out[f"facestream b1, {calls} calls at once"] = batch_of(1, concurrent)
+    return out
 
 
 def model_folder(settings: Settings) -> Any:
