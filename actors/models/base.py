@@ -13,9 +13,10 @@
 Up to ``compute_threads`` model calls run at once (onnxruntime releases the GIL and its
 sessions take concurrent calls): the detector on different images of a batch, the
 recogniser on different faces. On CPU, where each call runs on ``intra_op_threads``, a
-crowd photo's faces then also use a core that the other replicas leave idle (t1.jpg's six
-faces 1.5x faster on 2 cores, bench/model_path.py); under full load the calls share the
-cores and cost what they cost one after another. Results do not depend on it.
+crowd photo's faces then also use a core that the other replicas leave idle (the sample
+photos one at a time, 2 calls at once on 2 cores: 1.2x faster at the same CPU per image,
+bench/model_path.py); under full load the calls share the cores and cost what they cost
+one after another. Results do not depend on it.
 
 Chunks hold at most ``max_chunk_images`` images whose decoded pixels (read from the headers
 before decoding) stay under half of ``decode_budget_bytes``, and the next chunk is decoded
