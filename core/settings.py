@@ -205,6 +205,13 @@ class ModelSettings(Group):
         description='onnxruntime providers, e.g. `["CUDAExecutionProvider"]`; `auto`: CUDA'
         " when offered, else CPU.",
     )
+    recognizer_runtime: Literal["auto", "openvino", "onnxruntime"] = Field(
+        "auto",
+        description="What runs the recogniser: `openvino` (its CPU plugin, fp32: the same"
+        " embeddings, about 2x faster than onnxruntime's CPU provider, BENCHMARKS.md) or"
+        " `onnxruntime` (the providers above); `auto`: openvino when the models run on the CPU"
+        " provider, else onnxruntime. The detector always runs on onnxruntime.",
+    )
     det_size: int = Field(640, gt=0, multiple_of=32, description="Detector input side, pixels.")
     det_threshold: Score = Field(0.5, description="Detector score below which no face is kept.")
     intra_op_threads: Count = Field(

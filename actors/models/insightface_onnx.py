@@ -1,4 +1,5 @@
-"""insightface models on onnxruntime (CUDA when present, else CPU)."""
+"""insightface models on onnxruntime (CUDA when present, else CPU; the recogniser on OpenVINO
+when on CPU, see openvino_session)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from insightface.model_zoo.scrfd import distance2bbox, distance2kps
 from insightface.utils import face_align
 
 from actors.models.base import DetectedFace, FaceModel
+from actors.models.openvino_session import OpenVinoSession
 from actors.models.packs import ModelPack, ModelPackError
 from core.settings import ModelSettings
 
@@ -85,29 +87,43 @@ class InsightFaceOnnx(FaceModel):
         self.model_id = (
             f"{pack.name}/{rec_file.removesuffix('.onnx')}@{pack.checksums[rec_file][:12]}"
         )
-        self.providers = list(recognizer.session.get_providers())
+        self.providers = list(detector.session.get_providers())
         if requested[0] != self.providers[0]:
             log.warning("asked for %s, running on %s", requested[0], self.providers[0])
+        on_cpu = self.providers[0] == "CPUExecutionProvider"
+        self.recognizer_runtime = settings.recognizer_runtime
+        if self.recognizer_runtime == "auto":
+            self.recognizer_runtime = "openvino" if on_cpu else "onnxruntime"
         # The keyword arguments override the settings (benchmarks and tests compare both).
         self.decode_threads = settings.decode_threads if decode_threads is None else decode_threads
         self.compute_threads = (
             settings.compute_threads if compute_threads is None else compute_threads
         )
         self.decode_budget_bytes = settings.decode_budget_mib * 2**20
+        if self.recognizer_runtime == "openvino":
+            recognizer.session = OpenVinoSession(
+                pack.folder / rec_file,
+                threads=settings.intra_op_threads,
+                streams=self.compute_threads,
+            )
         if batched_detection is None:
-            on_cpu = detector.session.get_providers()[0] == "CPUExecutionProvider"
             choice = {"on": True, "off": False}
             batched_detection = choice.get(settings.batched_detection, not on_cpu)
         self.batched_detection = batched_detection
         if max_embed_batch is not None:
             self.max_embed_batch = max_embed_batch
-        elif self.providers[0] == "CPUExecutionProvider":
+        elif on_cpu:
             self.max_embed_batch = self.CPU_EMBED_BATCH[settings.intra_op_threads > 1]
         self._anchor_centers = self._warm_detector()
         if self.batched_detection and self._anchor_centers is None:
             log.info("%s cannot detect in batches: one image per call", pack.folder)
             self.batched_detection = False
-        log.info("model %s on %s", self.model_id, self.providers[0])
+        log.info(
+            "model %s on %s, recogniser on %s",
+            self.model_id,
+            self.providers[0],
+            recognizer.session.get_providers()[0],
+        )
 
     def _warm_detector(self) -> dict[int, np.ndarray] | None:
         """Runs the detector once (its sessions load lazily) and returns the anchor centres

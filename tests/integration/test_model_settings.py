@@ -1,6 +1,6 @@
 """The model settings reach the runtime: batched detection (auto: off on CPU), the decode
-pool's threads and its memory budget, the model calls run at once, through load_face_model
-as the actors load it."""
+pool's threads and its memory budget, the model calls run at once, the recogniser's runtime
+(auto: OpenVINO on CPU), through load_face_model as the actors load it."""
 
 from __future__ import annotations
 
@@ -21,6 +21,9 @@ def test_the_defaults_are_todays_behaviour_on_cpu() -> None:
     assert model.decode_threads == 2
     assert model.decode_budget_bytes == 256 * 2**20
     assert model.compute_threads == 2
+    assert model.recognizer_runtime == "openvino"
+    assert model.recognizer.session.get_providers() == ["OpenVINO-CPU"]
+    assert model.detector.session.get_providers() == ["CPUExecutionProvider"]
 
 
 def test_each_setting_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -28,11 +31,34 @@ def test_each_setting_is_applied(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACESTREAM_MODEL__DECODE_THREADS", "0")
     monkeypatch.setenv("FACESTREAM_MODEL__DECODE_BUDGET_MIB", "64")
     monkeypatch.setenv("FACESTREAM_MODEL__COMPUTE_THREADS", "1")
+    monkeypatch.setenv("FACESTREAM_MODEL__RECOGNIZER_RUNTIME", "onnxruntime")
     model = load_face_model(Settings())
     assert model.detects_in_batches
     assert model.decode_threads == 0
     assert model.decode_budget_bytes == 64 * 2**20
     assert model.compute_threads == 1
+    assert model.recognizer.session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_the_openvino_recogniser_embeds_as_onnxruntime_does(samples: Path) -> None:
+    """The recogniser on OpenVINO (the CPU default) gives onnxruntime's embeddings: fp32 on
+    every CPU (the plugin's default is bf16 where the CPU has it, which would not), real
+    photos, crowds and a batch of several crops per call among them."""
+    photos = ["t1.jpg", "obama2.jpg", "players.jpg", "biden2.jpg", "gdp.jpg", "obama3.jpg"]
+    blobs = [(samples / name).read_bytes() for name in photos]
+    results = {}
+    for runtime in ("onnxruntime", "openvino"):
+        settings = Settings().override(
+            model__providers=["CPUExecutionProvider"],
+            model__recognizer_runtime=runtime,
+            model__intra_op_threads=2,  # 8 crops a call
+        )
+        results[runtime] = load_face_model(settings).analyze_bytes(blobs, settings.limits)
+    for name, ort, ov in zip(photos, results["onnxruntime"], results["openvino"], strict=True):
+        assert [f.bbox for f in ort.faces] == [f.bbox for f in ov.faces], name
+        assert len(ov.embeddings) > 0
+        cosines = np.sum(ort.embeddings * ov.embeddings, axis=1)
+        assert float(cosines.min()) >= 0.9999, f"{name}: {cosines.min():.6f}"
 
 
 def test_concurrent_model_calls_find_the_same_faces_and_embeddings(samples: Path) -> None:
@@ -61,6 +87,7 @@ def test_concurrent_model_calls_find_the_same_faces_and_embeddings(samples: Path
         ("FACESTREAM_MODEL__DECODE_THREADS", "-1", "greater than or equal to 0"),
         ("FACESTREAM_MODEL__DECODE_BUDGET_MIB", "8", "greater than or equal to 16"),
         ("FACESTREAM_MODEL__COMPUTE_THREADS", "0", "greater than or equal to 1"),
+        ("FACESTREAM_MODEL__RECOGNIZER_RUNTIME", "openvno", "'auto', 'openvino' or 'onnxruntime'"),
     ],
 )
 def test_values_out_of_range_are_refused_naming_the_variable(
