@@ -39,6 +39,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     import onnxruntime
+    import openvino
 
     return {
         "code": _commit(),
@@ -48,6 +49,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "providers": onnxruntime.get_available_providers(),
+        "openvino (the recogniser on CPU)": openvino.get_version().split("-")[0],
         "OMP_NUM_THREADS (bench and stack)": os.environ.get("OMP_NUM_THREADS"),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

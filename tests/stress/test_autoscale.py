@@ -40,8 +40,8 @@ def test_replicas_scale_up_under_load_then_down_and_nothing_is_missing(
         started = time.monotonic()
 
         def scaled_up() -> None:
-            # The worker keeps batch.in_flight_batches (2) calls going while images wait:
-            # twice the target per replica, for as long as the stream outpaces one replica.
+            # The worker keeps batch.in_flight_batches calls going while images wait:
+            # more than the target per replica, for as long as the stream outpaces one replica.
             watch.wait(lambda apps: running(apps) == 2, "a second replica", timeout_s=180)
 
         # As fast as the broker takes them: a backlog that one replica needs a while to clear.
