@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -38,8 +39,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import onnxruntime
-    import openvino
+    import onnxruntime  # after actors.models: its telemetry switched off
 
     return {
         "code": _commit(),
@@ -49,7 +49,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "onnxruntime": onnxruntime.__version__,
         "providers": onnxruntime.get_available_providers(),
-        "openvino (the recogniser on CPU)": openvino.get_version().split("-")[0],
+        "openvino (the recogniser on CPU)": importlib.metadata.version("openvino"),
         "OMP_NUM_THREADS (bench and stack)": os.environ.get("OMP_NUM_THREADS"),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }

@@ -2,7 +2,11 @@
 
 from actors.models.base import DetectedFace, FaceModel, ImageFaces
 from actors.models.packs import ModelPack, resolve_pack
+from actors.models.telemetry import switch_off_runtime_telemetry
 from core.settings import Settings
+
+# Before a runtime module of this package (they import onnxruntime, insightface, openvino).
+switch_off_runtime_telemetry()
 
 __all__ = [
     "DetectedFace",

@@ -28,7 +28,7 @@ class OpenVinoSession:
     """
 
     def __init__(self, model_path: Path, *, threads: int, streams: int) -> None:
-        import openvino
+        import openvino  # telemetry off: actors/models/telemetry.py
 
         core = openvino.Core()
         model = core.read_model(str(model_path))

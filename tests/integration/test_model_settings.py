@@ -4,6 +4,9 @@ pool's threads and its memory budget, the model calls run at once, the recognise
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +62,45 @@ def test_the_openvino_recogniser_embeds_as_onnxruntime_does(samples: Path) -> No
         assert len(ov.embeddings) > 0
         cosines = np.sum(ort.embeddings * ov.embeddings, axis=1)
         assert float(cosines.min()) >= 0.9999, f"{name}: {cosines.min():.6f}"
+
+
+LOAD_AND_COUNT_FORKS = """
+import os
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+from actors.models import load_face_model
+from core.settings import Settings
+settings = Settings().override(model__providers=["CPUExecutionProvider"])
+model = load_face_model(settings)
+assert model.recognizer_runtime == "openvino", model.recognizer_runtime
+print(len(forks))
+"""
+
+
+def test_loading_the_models_keeps_no_telemetry_id_and_forks_nothing(tmp_path: Path) -> None:
+    """onnxruntime and openvino send usage telemetry and keep an id in the home folder unless
+    told not to, openvino from a child it forks: a fork in a Ray replica can hang it, and
+    facestream stores and sends nothing it was not asked to. A fresh interpreter (a runtime
+    initialises once per process), a home folder of its own to look into afterwards."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "FACESTREAM_CACHE_DIR": str(Settings().cache_dir),  # the models, not under HOME
+    }
+    for ci in ("CI", "GITHUB_ACTIONS", "TF_BUILD", "JENKINS_URL"):
+        env.pop(ci, None)  # both stay quiet in CI jobs: test what users run
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_COUNT_FORKS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", f"forks while loading: {done.stdout}"
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
 
 
 def test_concurrent_model_calls_find_the_same_faces_and_embeddings(samples: Path) -> None:
