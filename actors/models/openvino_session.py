@@ -48,6 +48,13 @@ class OpenVinoSession:
             },
         )
         self._requests = threading.local()  # an infer request serves one call at a time
+        # One call now, from this thread: the bindings set up their numpy API on first use,
+        # and two threads doing that at once can deadlock (one holds the GIL and waits on a
+        # C++ static another is initialising, which waits for the GIL). Seen: a replica's
+        # self-check stuck for good with both compute threads in that first call.
+        model_input = self._compiled.inputs[0]
+        crop = [1, *(d.get_length() for d in model_input.get_partial_shape()[1:])]
+        self.run(None, {model_input.get_any_name(): np.zeros(crop, np.float32)})
 
     def run(self, output_names: list[str] | None, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         request = getattr(self._requests, "request", None)
