@@ -3,9 +3,10 @@
 onnxruntime (1.29 on, every platform) uploads usage events and keeps a device id under
 ``~/.cache/Microsoft``; importing openvino sends a usage event to a web analytics service
 and writes a client id under ``~/intel``, both unless told not to. facestream sends nothing
-anywhere and stores nothing it was not asked to, and openvino sends from a child process it
-forks: a fork in a Ray replica, whose gRPC threads may hold locks, can hang the replica in
-its constructor (seen in the tests: a replacement replica that never started).
+anywhere and stores nothing it was not asked to. openvino also sends from a child process it
+forks, and forking a Ray replica, whose gRPC threads may hold locks, is unsafe (gRPC says so
+in the replica's log: "Other threads are currently calling into gRPC, skipping fork()
+handlers").
 """
 
 from __future__ import annotations
