@@ -39,7 +39,10 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import onnxruntime  # after actors.models: its telemetry switched off
+    from actors.models.telemetry import switch_off_runtime_telemetry
+
+    switch_off_runtime_telemetry()  # before onnxruntime first initialises here
+    import onnxruntime
 
     return {
         "code": _commit(),

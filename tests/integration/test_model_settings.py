@@ -79,9 +79,10 @@ print(len(forks))
 
 def test_loading_the_models_keeps_no_telemetry_id_and_forks_nothing(tmp_path: Path) -> None:
     """onnxruntime and openvino send usage telemetry and keep an id in the home folder unless
-    told not to, openvino from a child it forks: a fork in a Ray replica can hang it, and
-    facestream stores and sends nothing it was not asked to. A fresh interpreter (a runtime
-    initialises once per process), a home folder of its own to look into afterwards."""
+    told not to, openvino from a child it forks (unsafe in a Ray replica's gRPC-threaded
+    process), and facestream stores and sends nothing it was not asked to. A fresh
+    interpreter (a runtime initialises once per process), a home folder of its own to look
+    into afterwards."""
     home = tmp_path / "home"
     home.mkdir()
     env = {
