@@ -233,7 +233,9 @@ def test_decoded_pixels_held_at_once_stay_under_the_budget(
     model.decode_budget_bytes = 5 * image_bytes  # chunks of two, the next one ahead
     results = model.analyze_bytes([png(300, 200, v) for v in range(12)], LIMITS)
     assert [grey_of(r.embeddings[0]) for r in results] == list(range(12))
-    assert image_bytes * 2 <= peak[0] <= model.decode_budget_bytes
+    # A chunk of two is detected together only in batches; one image at a time may be
+    # decoded, detected and dropped before the next one decodes (a loaded CI runner did so).
+    assert image_bytes * (2 if batches else 1) <= peak[0] <= model.decode_budget_bytes
     if batches:
         assert model.detect_calls == [2] * 6
 
