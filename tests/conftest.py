@@ -59,7 +59,10 @@ class Pipeline:
         return self.run([image])[image.image_id]
 
     def enroll(self, request: EnrollmentRequest) -> dict:
-        return asyncio.run(request_enrollment(self.settings, request, 120.0))
+        # The first request of a stack also waits for its worker to start (Ray, the model
+        # replicas, the consumer group): on a loaded 2-core runner beside another stack,
+        # minutes. Only a failure waits it out.
+        return asyncio.run(request_enrollment(self.settings, request, 300.0))
 
     def enroll_photos(self, identity: str, *paths: Path) -> dict:
         photos = tuple(Photo(p.name, p.read_bytes()) for p in paths)

@@ -54,7 +54,9 @@ def stack(samples: Path) -> Iterator[Pipeline]:
 
 
 def cli(stack: Pipeline, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return run_cli(stack.settings, *args, extra_env=env)
+    # The CLI fails by itself when no acknowledgement comes for 120 s; a whole run may take
+    # longer on a loaded runner.
+    return run_cli(stack.settings, *args, extra_env=env, timeout_s=600)
 
 
 def people_folder(root: Path, samples: Path, copies: int = 1) -> dict[str, list[Path]]:

@@ -26,7 +26,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,7 +256,7 @@ def run(samples: Path) -> Iterator[Run]:
             started = time.time()
             pipeline = Pipeline(settings, stack)
             pipeline.enroll_photos("obama", samples / "obama.jpg")  # waits for the worker
-            wait_for_targets(prometheus.url, expected=2, timeout_s=60)
+            wait_for_targets(prometheus.url, expected=2, timeout_s=180)
             before, after = ROUNDS
             for i in range(before + after):
                 if i == before:
@@ -285,8 +285,25 @@ def run(samples: Path) -> Iterator[Run]:
     shutil.rmtree(run_dir, ignore_errors=True)  # Ray's session logs, Prometheus's data
 
 
+def settled(failures: Callable[[], list[Any]], what: str) -> list[Any]:
+    """``failures()`` read again until it is empty, for up to 60 s: its last value. One read
+    can land just after a scrape of a loaded machine missed its 1 s timeout, when every
+    series of that target goes stale at once; a broken panel or rule stays broken."""
+    last = failures()
+    if last:
+
+        def passed() -> bool:
+            nonlocal last
+            last = failures()
+            return not last
+
+        with contextlib.suppress(TimeoutError):  # the caller's assert names what failed
+            wait_until(passed, timeout_s=60, what=what, interval_s=2)
+    return last
+
+
 def test_every_panel_of_every_dashboard_shows_data(run: Run) -> None:
-    missing = empty_panels(run.url)
+    missing = settled(lambda: empty_panels(run.url), "every panel has data")
     assert not missing, "panels without data:\n" + "\n".join(missing)
 
 
@@ -304,23 +321,37 @@ SENT = {
 
 
 def test_the_panels_show_what_was_sent(run: Run) -> None:
-    for metric, (label, expected) in SENT.items():
-        # Label values with a non-zero value (known values are exported at 0 from the start).
-        found = query(run.url, rd.expand(f"(sum by ({label}) ({metric})) > 0"))
-        assert {s["metric"][label] for s in found} == expected, metric
+    def wrong() -> list[tuple[str, set[str]]]:
+        out = []
+        for metric, (label, expected) in SENT.items():
+            # Label values with a non-zero value (known values are exported at 0 from the start).
+            found = query(run.url, rd.expand(f"(sum by ({label}) ({metric})) > 0"))
+            if (values := {s["metric"][label] for s in found}) != expected:
+                out.append((metric, values))
+        return out
+
+    assert not settled(wrong, "every metric has the values sent")
 
 
 def test_recording_rules_have_data_and_every_rule_is_healthy(run: Run) -> None:
     rules = loaded_rules(run.url)
     names = {r["name"] for r in rules}
     assert {"FacestreamWorkerDown", "FacestreamModelFellBackToCPU"} <= names
-    broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
+    broken = settled(
+        lambda: [
+            (r["name"], r.get("lastError")) for r in loaded_rules(run.url) if r["health"] != "ok"
+        ],
+        "every rule healthy",
+    )
     assert not broken, broken
-    empty = [
-        r["name"]
-        for r in rules
-        if r["type"] == "recording" and not has_number(query(run.url, r["name"]))
-    ]
+    empty = settled(
+        lambda: [
+            r["name"]
+            for r in rules
+            if r["type"] == "recording" and not has_number(query(run.url, r["name"]))
+        ],
+        "every recording rule has data",
+    )
     assert not empty, f"recording rules without data: {empty}"
 
 
@@ -329,6 +360,14 @@ def missing_figures(summary: dict[str, Any]) -> list[str]:
     top = [k for k, v in summary.items() if v is None]
     stages = [f"{s}.{q}" for s, f in summary["stages"].items() for q, v in f.items() if v is None]
     return top + stages
+
+
+DLQ_SENT = SENT["facestream_dlq_events_total"][1]
+
+
+def dlq_reasons(summary: dict[str, Any]) -> set[str]:
+    """The DLQ reasons with a rate in the summary's window."""
+    return {reason for reason, rate in (summary.get("dlq_by_reason") or {}).items() if rate}
 
 
 def test_status_summary_reports_the_run(run: Run) -> None:
@@ -340,7 +379,8 @@ def test_status_summary_reports_the_run(run: Run) -> None:
 
     def complete() -> bool:
         summary.update(status_summary(run.url, window="2m"))
-        return not missing_figures(summary)
+        up = summary["workers_up"] == summary["workers"]  # a missed scrape reads as down
+        return up and not missing_figures(summary) and dlq_reasons(summary) == DLQ_SENT
 
     with contextlib.suppress(TimeoutError):  # the asserts below name what is missing
         wait_until(complete, timeout_s=90, what="every status figure", interval_s=2)
@@ -351,8 +391,7 @@ def test_status_summary_reports_the_run(run: Run) -> None:
     assert summary["consumer_lag"] is not None
     assert 0 < summary["latency_p50_s"] <= summary["latency_p99_s"]
     assert summary["dlq_per_s"] and summary["dlq_per_s"] > 0
-    seen = {reason for reason, rate in summary["dlq_by_reason"].items() if rate}
-    assert seen == {"empty", "not_an_image", "truncated"}
+    assert dlq_reasons(summary) == DLQ_SENT
     assert summary["retries_per_s"] is not None
     # Every stage of an image's way, from the broker's queue to publishing, has figures.
     for stage, figures in summary["stages"].items():

@@ -129,21 +129,30 @@ def test_decoding_runs_in_the_pool_threads(monkeypatch: pytest.MonkeyPatch) -> N
 
 class ManyFacesPerImage(OneFacePerImage):
     """Four faces in every image; records the thread of each model call and how many run
-    at once (each call sleeps a little, as onnxruntime does, without the GIL)."""
+    at once (each call sleeps a little, as onnxruntime does, without the GIL).
 
-    def __init__(self) -> None:
+    With ``rendezvous``, the first call waits (up to 5 s) for a second one to start: calls
+    that may run at once then overlap however a loaded runner schedules the threads (a
+    10 ms sleep alone did not always), and calls made one after another still never do."""
+
+    def __init__(self, rendezvous: bool = False) -> None:
         super().__init__()
         self.threads: set[str] = set()
         self.running = self.most_at_once = 0
-        self.lock = threading.Lock()
+        self.rendezvous = rendezvous
+        self.changed = threading.Condition()
 
     def _call(self) -> None:
-        with self.lock:
+        with self.changed:
             self.threads.add(threading.current_thread().name)
             self.running += 1
             self.most_at_once = max(self.most_at_once, self.running)
+            self.changed.notify_all()
+            if self.rendezvous and self.running == 1:
+                self.rendezvous = False  # once: a serial path fails in 5 s, not 5 s a call
+                self.changed.wait_for(lambda: self.most_at_once >= 2, timeout=5.0)
         threading.Event().wait(0.01)
-        with self.lock:
+        with self.changed:
             self.running -= 1
 
     def detect(self, image_bgr: np.ndarray) -> tuple[list[DetectedFace], np.ndarray]:
@@ -159,7 +168,7 @@ class ManyFacesPerImage(OneFacePerImage):
 def test_model_calls_run_in_the_compute_threads_at_once() -> None:
     """compute_threads > 1: a batch's detections and a crowd photo's recogniser calls run
     in the compute pool, that many at once, with results in place; 1: in the caller."""
-    model = ManyFacesPerImage()
+    model = ManyFacesPerImage(rendezvous=True)
     model.max_embed_batch, model.compute_threads = 1, 2
     results = model.analyze_bytes([png(20, 20, v) for v in range(4)], LIMITS)
     assert [[grey_of(e) for e in r.embeddings] for r in results] == [[v] * 4 for v in range(4)]

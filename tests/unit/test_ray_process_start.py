@@ -22,7 +22,7 @@ class FakeRayStart(RayProcess):
     def __init__(self, tmp: Path, fails: int) -> None:
         cmd = ["sh", "-c", SCRIPT, "fake-ray", str(tmp / "starts"), str(fails)]
         super().__init__(cmd, tmp / "ray.log")
-        self.wait_for_runtime(10.0)
+        self.wait_for_runtime(60.0)  # only a failure waits it out
 
 
 def starts(tmp: Path) -> int:
