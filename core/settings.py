@@ -267,11 +267,15 @@ class ImageLimits(Group):
 
 class BatchSettings(Group):
     size: Count = Field(8, le=1024, description="Images per model call (larger on GPU).")
+    # At least 1: Faust's take_events reads a wait of 0 as none at all, and then holds a
+    # partial batch until it fills, however long that takes (BENCHMARKS.md, run K).
     wait_ms: int = Field(
         10,
-        ge=0,
-        description="Longest wait for a batch to fill, milliseconds: added to a lone image's"
-        " latency. A backlog fills batches without waiting; raise it (~20-50) on GPU.",
+        ge=1,
+        le=60_000,
+        description="Longest wait for a batch to fill, milliseconds (at least 1): added to a"
+        " lone image's latency. A backlog fills batches without waiting; raise it (~20-50) on"
+        " GPU.",
     )
     # 4: with the recogniser on OpenVINO a replica finishes a batch before the worker's next
     # one reaches it at 2, and sits idle (36.8-38.4 against 45.6-45.9 images/s on 2 cores).

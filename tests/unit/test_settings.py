@@ -365,7 +365,8 @@ REFUSED = [
     ("SIGHTINGS__PURGE_INTERVAL_S", "0"),
     ("SIGHTINGS__TTL_S", "-1"),
     *[("RETRY__BACKOFF_S", v) for v in ["-0.1", "nan"]],
-    ("BATCH__WAIT_MS", "-1"),
+    # 0 would make Faust hold a partial batch until it fills: a lone image never answered.
+    *[("BATCH__WAIT_MS", v) for v in ["-1", "0", "60001"]],
     *[(name, "0") for name in ["KAFKA__MAX_MESSAGE_BYTES", "LIMITS__MAX_BYTES"]],
     *[(name, "0") for name in ["LIMITS__MAX_PIXELS", "LIMITS__MIN_SIDE"]],
     *[("MODEL__DET_SIZE", v) for v in ["0", "-32", "650"]],
@@ -392,7 +393,7 @@ def test_dangerous_value_is_refused_naming_the_variable(
         ("MATCHING__THRESHOLD", "1", 1.0),
         ("MODEL__DET_THRESHOLD", "0", 0.0),
         ("RETRY__BACKOFF_S", "0", 0.0),  # what the unit tests use
-        ("BATCH__WAIT_MS", "0", 0),
+        ("BATCH__WAIT_MS", "1", 1),
         ("BATCH__SIZE", "1024", 1024),
         ("MODEL__DET_SIZE", "32", 32),
         ("METRICS__PORT", "65535", 65535),
