@@ -163,7 +163,9 @@ class FaceModelReplica:
         self.model = load_face_model(settings)
         self.stage = stage_histogram()
         self.requested = choose_providers(settings.model.providers)
-        self.self_check = SelfCheck(self.model, settings.limits)
+        # The known photo is checked under the default limits: a stricter deployment (a
+        # 1-megapixel max_pixels; the photo has 1.13) would otherwise fail every replica.
+        self.self_check = SelfCheck(self.model, ImageLimits())
         self.served = False  # whether a health check has passed (the replica took work)
         self._merge.set_max_batch_size(settings.ray.max_batch_size)
         self._merge.set_batch_wait_timeout_s(settings.ray.batch_wait_s)

@@ -80,8 +80,12 @@ class BrokerTuning(Group):
     the Faust/aiokafka defaults.
     """
 
+    # At most 90: Faust refuses a session longer than its broker request timeout (90 s),
+    # but only when the worker's consumer starts.
     session_timeout_s: Seconds | None = Field(
-        None, description="Consumer group session timeout, seconds; none: the profile's."
+        None,
+        le=90,
+        description="Consumer group session timeout, seconds; none: the profile's.",
     )
     heartbeat_interval_s: Seconds | None = Field(
         None,
@@ -167,6 +171,7 @@ class KafkaSettings(Group):
     )
     max_message_bytes: Bytes = Field(
         8 * 1024 * 1024,
+        le=2**31 - 1,  # Kafka's fetch sizes are int32: more fails every fetch
         description="Largest Kafka message, bytes: as the broker's `message.max.bytes`.",
     )
     tuning: BrokerTuning = BrokerTuning()
@@ -192,6 +197,28 @@ class TopicSettings(Group):
     replication_factor: Count = Field(
         1, description="Replicas of each topic (3 on a production cluster)."
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> TopicSettings:
+        # One topic in two roles loops (DLQ events read back as images, acks as requests)
+        # or mixes records that must not meet (audit records in the compacted gallery log).
+        names = {
+            "IMAGES": self.images,
+            "MATCHES": self.matches,
+            "DLQ": self.dlq,
+            "ENROLLMENTS": self.enrollments,
+            "ENROLLMENT_ACKS": self.enrollment_acks,
+            "AUDIT": self.audit,
+        }
+        seen: dict[str, str] = {f"{self.enrollments}.state": "ENROLLMENTS (its .state topic)"}
+        for role, name in names.items():
+            if (other := seen.get(name)) is not None and other != role:
+                raise ValueError(
+                    f"FACESTREAM_TOPICS__{role}={name} is also the topic of"
+                    f" FACESTREAM_TOPICS__{other}: each role needs its own topic"
+                )
+            seen.setdefault(name, role)
+        return self
 
 
 class ModelSettings(Group):
@@ -432,7 +459,7 @@ class SightingsSettings(Group):
         None, description="Retention of a sighting, seconds: mandatory when enabled."
     )
     purge_interval_s: Seconds = Field(
-        60.0, description="How often each worker deletes expired sightings, seconds."
+        60.0, ge=1, description="How often each worker deletes expired sightings, seconds."
     )
 
     @model_validator(mode="after")
@@ -510,6 +537,7 @@ class RaySettings(Group):
     )
     batch_wait_s: NonNegative = Field(
         0.0,
+        le=1.0,  # a lone batch waits all of it: a latency, never a setting of minutes
         description="Longest wait for more worker batches to merge, seconds: added to every"
         " lone batch. 0: merge only what is already queued (CPU); ~0.005-0.02 on GPU.",
     )
@@ -519,11 +547,14 @@ class RaySettings(Group):
     downscale_delay_s: NonNegative = Field(
         60.0, description="Load must stay below target this long before replicas stop, s."
     )
+    # At least 1 s, like the periods below: Serve's handles report at half this window,
+    # every replica's health check runs the model, every worker's purge calls the gallery.
     look_back_s: Seconds = Field(
-        10.0, description="Window over which the autoscaler averages ongoing requests, s."
+        10.0, ge=1, description="Window over which the autoscaler averages ongoing requests, s."
     )
     health_check_period_s: Seconds = Field(
         10.0,
+        ge=1,
         description="How often each replica checks its model (provider, known photo), s; a"
         " failing replica is replaced.",
     )
@@ -598,6 +629,12 @@ class Settings(BaseSettings):
                 f"FACESTREAM_LIMITS__MAX_BYTES={self.limits.max_bytes} does not fit in a Kafka"
                 f" message of FACESTREAM_KAFKA__MAX_MESSAGE_BYTES={self.kafka.max_message_bytes}:"
                 f" keep it at most {fits} ({MESSAGE_HEADROOM_BYTES} bytes for key and headers)"
+            )
+        batch, message = self.tuning.producer_max_batch_size, self.kafka.max_message_bytes
+        if batch is not None and batch > message:  # two images in one batch: refused by Kafka
+            raise ValueError(
+                f"FACESTREAM_KAFKA__TUNING__PRODUCER_MAX_BATCH_SIZE={batch} must be at most"
+                f" FACESTREAM_KAFKA__MAX_MESSAGE_BYTES={message}"
             )
         heartbeat, session = self.tuning.heartbeat_interval_s, self.tuning.session_timeout_s
         if heartbeat is not None and session is not None and heartbeat >= session:

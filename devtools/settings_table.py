@@ -38,12 +38,19 @@ _NAMES: dict[Any, str] = {
 
 def _interval(metadata: list[Any]) -> str:
     """``in [0, 1]``, ``≥ 1``, ``> 0``: the bounds the model enforces, or ``""``."""
+    # The tightest of each side: a field may narrow its type's bound (Seconds, > 0, with
+    # ge=1 on the field). At the same value the strict bound is the tighter.
+    lows = [(m.ge, 0) for m in metadata if isinstance(m, at.Ge)]
+    lows += [(m.gt, 1) for m in metadata if isinstance(m, at.Gt)]
+    highs = [(m.le, 0) for m in metadata if isinstance(m, at.Le)]
+    highs += [(m.lt, -1) for m in metadata if isinstance(m, at.Lt)]
     low = high = ""
-    for m in metadata:
-        if isinstance(m, at.Ge | at.Gt):
-            low = f"[{m.ge}" if isinstance(m, at.Ge) else f"({m.gt}"
-        elif isinstance(m, at.Le | at.Lt):
-            high = f"{m.le}]" if isinstance(m, at.Le) else f"{m.lt})"
+    if lows:
+        value, strict = max(lows)
+        low = f"({value}" if strict else f"[{value}"
+    if highs:
+        value, strict = min(highs)
+        high = f"{value})" if strict else f"{value}]"
     if low and high:
         return f"in {low}, {high}"
     if low:
@@ -72,9 +79,9 @@ def type_text(annotation: Any, metadata: list[Any] | None = None) -> str:
     if origin is Annotated:
         base, *extra = args
         meta = [m for x in extra for m in (x.metadata if isinstance(x, FieldInfo) else [x])]
-        return type_text(base, meta)
+        return type_text(base, [*meta, *(metadata or [])])
     if origin in (Union, types.UnionType):
-        parts = [type_text(a) for a in args if a is not type(None)]
+        parts = [type_text(a, metadata) for a in args if a is not type(None)]
         return " or ".join(parts + ["none"] * (type(None) in args))
     if origin is Literal:
         return " or ".join(f"`{a}`" for a in args)

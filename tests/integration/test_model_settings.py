@@ -139,3 +139,13 @@ def test_values_out_of_range_are_refused_naming_the_variable(
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError, match=f"{variable}: .*{says}"):
         Settings()
+
+
+def test_a_replica_starts_under_image_limits_its_self_check_photo_exceeds() -> None:
+    """The self-check photo (t1.jpg, 1.13 Mpx, 129 KB) was checked under the deployment's own
+    limits: a 1-megapixel max_pixels failed every replica at start, and no worker came up."""
+    from actors.serving import FaceModelReplica
+
+    strict = Settings().override(limits__max_pixels=1_000_000, limits__max_bytes=100_000)
+    replica = FaceModelReplica(strict)
+    assert len(replica.self_check.reference) == 6 and replica.self_check.problem() is None

@@ -313,6 +313,39 @@ def test_byte_limit_with_headroom_to_spare_is_accepted() -> None:
     assert settings.limits.max_bytes == size - MESSAGE_HEADROOM_BYTES
 
 
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"FACESTREAM_TOPICS__DLQ": "images"}, ("TOPICS__DLQ=images", "TOPICS__IMAGES")),
+        ({"FACESTREAM_TOPICS__MATCHES": "images"}, ("TOPICS__MATCHES=images", "TOPICS__IMAGES")),
+        ({"FACESTREAM_TOPICS__ENROLLMENT_ACKS": "enrollments"},
+         ("TOPICS__ENROLLMENT_ACKS=enrollments", "TOPICS__ENROLLMENTS")),
+        ({"FACESTREAM_TOPICS__AUDIT": "enrollments.state"},
+         ("TOPICS__AUDIT=enrollments.state", "TOPICS__ENROLLMENTS (its .state topic)")),
+    ],
+)  # fmt: skip
+def test_one_topic_in_two_roles_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: tuple[str, str]
+) -> None:
+    """A DLQ on the images topic read its own DLQ events back as bad images, for ever; acks
+    on the requests topic answered themselves; audit records on the state topic would sit in
+    the gallery's compacted source of truth."""
+    message = one_line_error(monkeypatch, **env)
+    assert all(name in message for name in named), message
+
+
+def test_a_producer_batch_larger_than_a_message_is_refused() -> None:
+    """Two large images in one batch: a batch over message.max.bytes, refused by Kafka."""
+    with pytest.raises(SettingsError) as info:
+        Settings(profile="production").override(
+            kafka__max_message_bytes=1_000_000,
+            limits__max_bytes=900_000,
+            kafka__tuning__producer_max_batch_size=2_000_000,
+        )
+    assert "PRODUCER_MAX_BATCH_SIZE=2000000" in str(info.value)
+    assert "MAX_MESSAGE_BYTES=1000000" in str(info.value)
+
+
 def test_heartbeat_must_be_shorter_than_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
     message = one_line_error(monkeypatch, FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S="5")
     assert "HEARTBEAT_INTERVAL_S=5.0" in message and "SESSION_TIMEOUT_S=4.0" in message
@@ -373,6 +406,12 @@ REFUSED = [
     ("MODEL__PROVIDERS", "[]"),
     *[("TOPICS__IMAGES", v) for v in ["", "images/raw"]],
     ("LOG_LEVEL", "loud"),
+    # Accepted once, and each broke something only later:
+    ("KAFKA__TUNING__SESSION_TIMEOUT_S", "91"),  # Faust refused it as the consumer started
+    ("KAFKA__MAX_MESSAGE_BYTES", str(2**31)),  # every fetch failed (int32 in the protocol)
+    ("RAY__BATCH_WAIT_S", "2"),  # every lone batch waited it out
+    *[(name, "0.5") for name in ["RAY__LOOK_BACK_S", "RAY__HEALTH_CHECK_PERIOD_S"]],
+    ("SIGHTINGS__PURGE_INTERVAL_S", "0.5"),
 ]
 
 

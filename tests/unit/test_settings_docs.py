@@ -65,3 +65,11 @@ def test_types_show_the_bounds_the_model_enforces() -> None:
     assert by_variable["FACESTREAM_METRICS__PORT"][0] == "int in [1, 65535]"
     assert by_variable["FACESTREAM_MODEL__DET_SIZE"][0] == "int > 0, multiple of 32"
     assert by_variable["FACESTREAM_GALLERY__API_KEY"][0] == "secret or none"
+
+
+def test_the_type_shows_the_tightest_bounds_of_the_type_and_the_field() -> None:
+    """Seconds (> 0) narrowed by ge=1 on the field read "> 0", and an optional field's own
+    bound (le=90) was not shown at all: the table promised values the settings refuse."""
+    types_ = {variable: cells[0] for variable, cells in rows(table()).items()}
+    assert types_["FACESTREAM_RAY__LOOK_BACK_S"] == "float ≥ 1"
+    assert types_["FACESTREAM_KAFKA__TUNING__SESSION_TIMEOUT_S"] == "float in (0, 90] or none"
