@@ -252,6 +252,26 @@ def replica_ceiling(settings: Settings) -> int:
     return max(wanted.min_replicas, min(fits, default=wanted.min_replicas))
 
 
+def unplaceable(settings: Settings, total: dict[str, float]) -> str | None:
+    """Why the replicas that always run (``ray.min_replicas``) do not fit in ``total``, the
+    resources of a Ray of this worker's own, which gets no more nodes: Serve would wait for
+    them for ever, and the worker with it. None: they fit."""
+    wanted = settings.ray
+    for resource, each, variable in (
+        ("CPU", wanted.model_num_cpus, "MODEL_NUM_CPUS"),
+        ("GPU", wanted.model_num_gpus, "MODEL_NUM_GPUS"),
+    ):
+        have = total.get(resource, 0.0)
+        if each > 0 and wanted.min_replicas * each > have:
+            return (
+                f"FACESTREAM_RAY__MIN_REPLICAS={wanted.min_replicas} model replicas of"
+                f" FACESTREAM_RAY__{variable}={each:g} each need {wanted.min_replicas * each:g}"
+                f" {resource}s; this worker's own Ray has {have:g}: lower them, or join a"
+                " cluster (FACESTREAM_RAY__ADDRESS)"
+            )
+    return None
+
+
 def model_application(settings: Settings) -> serve.Application:
     """The model deployment, configured from ``settings`` (sent without secrets)."""
     wanted = settings.ray
@@ -317,6 +337,8 @@ def ensure_model_app(settings: Settings) -> ModelApp:
     """Deploy this worker's model application, or find it running (idempotent), and claim it
     (the claim is held, and renewed, from before the deploy, so that no other worker retires
     the application while it starts)."""
+    if settings.ray.address is None and (problem := unplaceable(settings, ray.cluster_resources())):
+        raise RuntimeError(problem)
     name = model_app_name(settings)
     start_serve()
     held = ModelClaim(settings, name).start()

@@ -332,7 +332,9 @@ class MatchingSettings(Group):
         " candidate, for a person to confirm (at most the threshold; equal to it: no review"
         ' band). README "Thresholds".',
     )
-    top_k: Count = Field(3, description="Candidates reported per face.")
+    # At most 100: each face's candidates travel in its match event, which must fit a
+    # Kafka message with up to max_faces_per_image faces.
+    top_k: Count = Field(3, le=100, description="Candidates reported per face.")
 
     @model_validator(mode="after")
     def _review_below_match(self) -> MatchingSettings:
@@ -411,8 +413,10 @@ class GallerySettings(Group):
         " recall against speed.",
     )
     hnsw_m: Count = Field(32, description="HNSW links per point: recall and memory against speed.")
-    hnsw_ef_construct: Count = Field(
-        128, description="HNSW build breadth: index quality against build time."
+    hnsw_ef_construct: int = Field(
+        128,
+        ge=4,  # Qdrant's own minimum: the server refuses a collection with less
+        description="HNSW build breadth: index quality against build time.",
     )
     quantization: Literal["none", "int8", "turbo4", "turbo2", "binary"] = Field(
         "int8",
@@ -432,7 +436,10 @@ class GallerySettings(Group):
         " are searched exactly.",
     )
     index_threads: int = Field(
-        1, ge=0, description="Edge: threads of the background index build; 0: all cores."
+        1,
+        ge=0,
+        description="Edge: threads of the background index build; 0: the engine's choice"
+        " (Qdrant: 8-16, fewer on small CPUs).",
     )
 
 

@@ -98,6 +98,23 @@ def test_a_second_worker_with_the_same_settings_is_one_line_error_and_the_first_
     assert kind == "match" and event["faces"][0]["identity"] == "obama"
 
 
+def test_a_worker_whose_replicas_cannot_fit_its_own_ray_is_one_line_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    # Serve waits for replicas it cannot place for ever: a GPU asked for on a machine
+    # without one, or more replicas than cores, left the worker hanging at start, silent.
+    settings = Settings().override(
+        ray__num_cpus=2,
+        ray__min_replicas=3,
+        ray__metrics_export_port=free_port(),
+        metrics__port=free_port(),
+        gallery__path=tmp_path / "g",
+        log_level="error",
+    )
+    done = cli(settings, "worker")
+    assert_one_line_error(done, "MIN_REPLICAS=3", "need 3 CPUs", "own Ray has 2")
+
+
 def test_up_exits_non_zero_when_its_broker_dies(tmp_path: Path) -> None:
     port = free_port()
     settings = Settings().override(

@@ -65,6 +65,27 @@ def test_a_replica_asked_for_a_gpu_that_runs_on_the_cpu_is_unhealthy(
     assert serving.provider_problem(requested, running, gpus) == problem
 
 
+@pytest.mark.parametrize(
+    ("changes", "total", "named"),
+    [
+        ({"ray__min_replicas": 3}, {"CPU": 2.0},
+         "MIN_REPLICAS=3 model replicas of FACESTREAM_RAY__MODEL_NUM_CPUS=1 each need 3 CPUs;"
+         " this worker's own Ray has 2"),
+        ({"ray__model_num_gpus": 1}, {"CPU": 8.0},
+         "MODEL_NUM_GPUS=1 each need 1 GPUs; this worker's own Ray has 0"),
+        ({"ray__model_num_gpus": 0.5, "ray__min_replicas": 2}, {"CPU": 8.0, "GPU": 1.0}, None),
+        ({"ray__model_num_cpus": 0, "ray__min_replicas": 5}, {"CPU": 2.0}, None),
+        ({}, {"CPU": 1.0}, None),
+    ],
+)  # fmt: skip
+def test_replicas_that_cannot_be_placed_on_the_workers_own_ray_are_named(
+    changes: dict[str, Any], total: dict[str, float], named: str | None
+) -> None:
+    """Serve waits for unplaceable replicas for ever: the worker hung at start, silent."""
+    problem = serving.unplaceable(SETTINGS.override(**changes), total)
+    assert (problem is None) if named is None else (named in (problem or "")), problem
+
+
 class Embedder:
     """A SelfCheck's view of a model: the known photo's embeddings, as set."""
 

@@ -412,6 +412,8 @@ REFUSED = [
     ("RAY__BATCH_WAIT_S", "2"),  # every lone batch waited it out
     *[(name, "0.5") for name in ["RAY__LOOK_BACK_S", "RAY__HEALTH_CHECK_PERIOD_S"]],
     ("SIGHTINGS__PURGE_INTERVAL_S", "0.5"),
+    ("GALLERY__HNSW_EF_CONSTRUCT", "3"),  # the Qdrant server refused the collection
+    ("MATCHING__TOP_K", "101"),
 ]
 
 
