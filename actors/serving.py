@@ -52,7 +52,7 @@ from actors.gallery import model_slug
 from actors.models import FaceModel, load_face_model, resolve_pack
 from core.faces import ImageFaces
 from core.imaging import ImageRejected
-from core.settings import ImageLimits, Settings
+from core.settings import ImageLimits, Settings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def ensure_model_app(settings: Settings) -> ModelApp:
     (the claim is held, and renewed, from before the deploy, so that no other worker retires
     the application while it starts)."""
     if settings.ray.address is None and (problem := unplaceable(settings, ray.cluster_resources())):
-        raise RuntimeError(problem)
+        raise SettingsError(problem)
     name = model_app_name(settings)
     start_serve()
     held = ModelClaim(settings, name).start()

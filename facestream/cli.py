@@ -59,11 +59,14 @@ def _explained(exc: Exception) -> str | None:
     from aiokafka.errors import KafkaConnectionError
 
     from core.errors import one_line
+    from core.settings import SettingsError
 
     cause = getattr(exc, "cause", None)  # Ray's wrapper of an actor's own exception
     if isinstance(cause, Exception):
         return _explained(cause) or one_line(cause)
 
+    if isinstance(exc, SettingsError):  # found wrong only once running (e.g. too few CPUs)
+        return f"invalid settings: {exc}"
     if isinstance(exc, KafkaConnectionError):
         return "cannot reach the Kafka broker (FACESTREAM_KAFKA__BOOTSTRAP_SERVERS): is it up?"
     if isinstance(exc, TimeoutError) and str(exc):
