@@ -89,8 +89,8 @@ class BrokerTuning(Group):
     )
     heartbeat_interval_s: Seconds | None = Field(
         None,
-        description="Consumer heartbeat interval, seconds, below the session timeout; none: the"
-        " profile's.",
+        description="Consumer heartbeat interval, seconds: at most a third of the session"
+        " timeout; none: the profile's.",
     )
     producer_max_batch_size: Count | None = Field(
         None,
@@ -382,7 +382,9 @@ class RetrySettings(Group):
         " the images go to the DLQ as `processing_failed`.",
     )
     backoff_s: NonNegative = Field(
-        0.5, description="First retry delay, seconds; doubles at each retry."
+        0.5,
+        le=10,  # the retry policy's longest wait: more would be cut to it, silently
+        description="First retry delay, seconds; doubles at each retry, up to 10.",
     )
 
 
@@ -644,10 +646,12 @@ class Settings(BaseSettings):
                 f" FACESTREAM_KAFKA__MAX_MESSAGE_BYTES={message}"
             )
         heartbeat, session = self.tuning.heartbeat_interval_s, self.tuning.session_timeout_s
-        if heartbeat is not None and session is not None and heartbeat >= session:
+        # Kafka's rule: at most a third, so that one late heartbeat is not a lost member
+        # (aiokafka drops the coordinator after a session without one) and a rebalance.
+        if heartbeat is not None and session is not None and heartbeat * 3 > session:
             raise ValueError(
-                f"FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S={heartbeat} must be below"
-                f" FACESTREAM_KAFKA__TUNING__SESSION_TIMEOUT_S={session}"
+                f"FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S={heartbeat} must be at most a"
+                f" third of FACESTREAM_KAFKA__TUNING__SESSION_TIMEOUT_S={session}"
             )
         return self
 

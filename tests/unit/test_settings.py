@@ -349,6 +349,9 @@ def test_a_producer_batch_larger_than_a_message_is_refused() -> None:
 def test_heartbeat_must_be_shorter_than_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
     message = one_line_error(monkeypatch, FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S="5")
     assert "HEARTBEAT_INTERVAL_S=5.0" in message and "SESSION_TIMEOUT_S=4.0" in message
+    # Kafka's rule, a third of the session: 1.5 s of the embedded profile's 4 s is too much.
+    message = one_line_error(monkeypatch, FACESTREAM_KAFKA__TUNING__HEARTBEAT_INTERVAL_S="1.5")
+    assert "at most a third of FACESTREAM_KAFKA__TUNING__SESSION_TIMEOUT_S=4.0" in message
     assert Settings(profile="production").override(
         kafka__tuning__heartbeat_interval_s=5
     ).tuning == PROFILE_TUNING["production"].model_copy(update={"heartbeat_interval_s": 5.0})
@@ -414,6 +417,7 @@ REFUSED = [
     ("SIGHTINGS__PURGE_INTERVAL_S", "0.5"),
     ("GALLERY__HNSW_EF_CONSTRUCT", "3"),  # the Qdrant server refused the collection
     ("MATCHING__TOP_K", "101"),
+    ("RETRY__BACKOFF_S", "11"),  # cut to the policy's 10 s, silently
 ]
 
 
