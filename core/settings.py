@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -47,6 +48,10 @@ PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Seconds = PositiveFloat
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Score = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# "~" expanded and made absolute once, here: a value from an env file or compose gets no
+# shell expansion (a "~" folder appeared under the working directory), and Ray's actors
+# may run from another working directory than the process that read the settings.
+AbsolutePath = Annotated[Path, AfterValidator(lambda p: p.expanduser().absolute())]
 TopicName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]  # Kafka's rule
 LogLevel = Annotated[
     Literal["debug", "info", "warning", "error", "critical"],
@@ -144,9 +149,9 @@ class KafkaSecurity(Group):
     sasl_password: SecretStr | None = Field(
         None, description="SASL password (never shown, never sent to Ray actors)."
     )
-    ssl_cafile: Path | None = Field(None, description="CA bundle that signs the brokers.")
-    ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
-    ssl_keyfile: Path | None = Field(None, description="Client private key (mutual TLS).")
+    ssl_cafile: AbsolutePath | None = Field(None, description="CA bundle that signs the brokers.")
+    ssl_certfile: AbsolutePath | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: AbsolutePath | None = Field(None, description="Client private key (mutual TLS).")
 
     @model_validator(mode="after")
     def _check(self) -> KafkaSecurity:
@@ -222,7 +227,7 @@ class TopicSettings(Group):
 
 
 class ModelSettings(Group):
-    folder: Path | None = Field(
+    folder: AbsolutePath | None = Field(
         None,
         description="An insightface-format model folder (one detection and one recognition"
         " .onnx), e.g. a buffalo_l folder; none: the bundled buffalo_s pack.",
@@ -392,7 +397,7 @@ class GallerySettings(Group):
     backend: Literal["edge", "server"] = Field(
         "edge", description="`edge`: Qdrant's engine in-process; `server`: a Qdrant server."
     )
-    path: Path = Field(
+    path: AbsolutePath = Field(
         default_factory=lambda: _data_home() / "gallery",
         description="Folder of the edge gallery.",
     )
@@ -613,7 +618,7 @@ class Settings(BaseSettings):
     privacy: PrivacySettings = PrivacySettings()
     sightings: SightingsSettings = SightingsSettings()
     metrics: MetricsSettings = MetricsSettings()
-    cache_dir: Path = Field(
+    cache_dir: AbsolutePath = Field(
         default_factory=_cache_home, description="Models, sample photos and run logs."
     )
     log_level: LogLevel = Field("info", description="Log level of the workers.")

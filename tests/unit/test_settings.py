@@ -466,3 +466,19 @@ def test_a_review_band_above_the_match_threshold_is_refused(
 def test_override_reports_the_variable_too() -> None:
     with pytest.raises(SettingsError, match=r"^FACESTREAM_RETRY__ATTEMPTS: .*got 0$"):
         Settings().override(retry__attempts=0)
+
+
+def test_a_tilde_or_relative_path_is_made_absolute_for_every_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """From an env file or compose, "~/gallery" arrives unexpanded: it was a folder named "~"
+    under the working directory, and a relative one moved with each process's directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACESTREAM_GALLERY__PATH", "~/faces/gallery")
+    monkeypatch.setenv("FACESTREAM_CACHE_DIR", "cache")
+    monkeypatch.setenv("FACESTREAM_MODEL__FOLDER", "./models/buffalo_l")
+    settings = Settings()
+    assert settings.gallery.path == Path.home() / "faces" / "gallery"
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.model.folder == tmp_path / "models" / "buffalo_l"
+    assert Settings().override(gallery__path="g").gallery.path == tmp_path / "g"
