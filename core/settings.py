@@ -203,26 +203,24 @@ class TopicSettings(Group):
         1, description="Replicas of each topic (3 on a production cluster)."
     )
 
+    @property
+    def state(self) -> str:
+        """The compacted topic of accepted photos (the gallery's source of truth)."""
+        return f"{self.enrollments}.state"
+
     @model_validator(mode="after")
     def _check(self) -> TopicSettings:
         # One topic in two roles loops (DLQ events read back as images, acks as requests)
         # or mixes records that must not meet (audit records in the compacted gallery log).
-        names = {
-            "IMAGES": self.images,
-            "MATCHES": self.matches,
-            "DLQ": self.dlq,
-            "ENROLLMENTS": self.enrollments,
-            "ENROLLMENT_ACKS": self.enrollment_acks,
-            "AUDIT": self.audit,
-        }
-        seen: dict[str, str] = {f"{self.enrollments}.state": "ENROLLMENTS (its .state topic)"}
-        for role, name in names.items():
-            if (other := seen.get(name)) is not None and other != role:
+        role_of = {self.state: "ENROLLMENTS (its .state topic)"}
+        for role in ("IMAGES", "MATCHES", "DLQ", "ENROLLMENTS", "ENROLLMENT_ACKS", "AUDIT"):
+            name = getattr(self, role.lower())
+            if name in role_of:
                 raise ValueError(
                     f"FACESTREAM_TOPICS__{role}={name} is also the topic of"
-                    f" FACESTREAM_TOPICS__{other}: each role needs its own topic"
+                    f" FACESTREAM_TOPICS__{role_of[name]}: each role needs its own topic"
                 )
-            seen.setdefault(name, role)
+            role_of[name] = role
         return self
 
 

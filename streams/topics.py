@@ -47,7 +47,7 @@ IMAGES_RETENTION_MS = DAY_MS
 
 def state_topic(settings: Settings) -> str:
     """The compacted topic of accepted photos (the gallery's source of truth)."""
-    return f"{settings.topics.enrollments}.state"
+    return settings.topics.state
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:

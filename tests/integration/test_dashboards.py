@@ -285,10 +285,10 @@ def run(samples: Path) -> Iterator[Run]:
     shutil.rmtree(run_dir, ignore_errors=True)  # Ray's session logs, Prometheus's data
 
 
-def settled(failures: Callable[[], list[Any]], what: str) -> list[Any]:
-    """``failures()`` read again until it is empty, for up to 60 s: its last value. One read
-    can land just after a scrape of a loaded machine missed its 1 s timeout, when every
-    series of that target goes stale at once; a broken panel or rule stays broken."""
+def settled(failures: Callable[[], list[Any]], what: str, timeout_s: float = 60) -> list[Any]:
+    """``failures()`` read again until it is empty, for up to ``timeout_s``: its last value.
+    One read can land just after a scrape of a loaded machine missed its 1 s timeout, when
+    every series of that target goes stale at once; a broken panel or rule stays broken."""
     last = failures()
     if last:
 
@@ -298,7 +298,7 @@ def settled(failures: Callable[[], list[Any]], what: str) -> list[Any]:
             return not last
 
         with contextlib.suppress(TimeoutError):  # the caller's assert names what failed
-            wait_until(passed, timeout_s=60, what=what, interval_s=2)
+            wait_until(passed, timeout_s=timeout_s, what=what, interval_s=2)
     return last
 
 
@@ -377,13 +377,16 @@ def test_status_summary_reports_the_run(run: Run) -> None:
     # on, the test waits for a window with every figure, then checks them.
     summary: dict[str, Any] = {}
 
-    def complete() -> bool:
+    def incomplete() -> list[str]:
         summary.update(status_summary(run.url, window="2m"))
         up = summary["workers_up"] == summary["workers"]  # a missed scrape reads as down
-        return up and not missing_figures(summary) and dlq_reasons(summary) == DLQ_SENT
+        return [
+            *missing_figures(summary),
+            *([] if up else ["workers_up"]),
+            *([] if dlq_reasons(summary) == DLQ_SENT else ["dlq_by_reason"]),
+        ]
 
-    with contextlib.suppress(TimeoutError):  # the asserts below name what is missing
-        wait_until(complete, timeout_s=90, what="every status figure", interval_s=2)
+    settled(incomplete, "every status figure", timeout_s=90)  # the asserts below name it
     targets = [(t["scrapeUrl"], t["health"], t.get("lastError")) for t in active_targets(run.url)]
     assert not missing_figures(summary), (missing_figures(summary), targets)
     assert summary["workers_up"] == summary["workers"] == 1
