@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from actors.gallery import (
+    OWNER,
     GalleryError,
     Generation,
     current_generation,
@@ -29,7 +30,6 @@ from actors.gallery import (
     open_gallery,
     open_model_gallery,
 )
-from actors.gallery.edge import OWNER_FILE
 from actors.gallery.sightings import Sightings
 from core.buckets import STAGE_BUCKETS
 from core.concurrency import ReadWriteLock
@@ -146,7 +146,7 @@ class GalleryActor:
             **node,
         }
         folder = self.settings.gallery.path / self.generation.name
-        (folder / OWNER_FILE).write_text(json.dumps(owner))
+        (folder / OWNER).write_text(json.dumps(owner))
         # The disk that holds the gallery is this node's: the actor is pinned here from now on
         # (actors.cluster), never restarted elsewhere on an empty folder.
         record = json.dumps({**node, "path": str(self.settings.gallery.path)})

@@ -491,12 +491,10 @@ def identities_list(as_json: bool, limit: int, after: str | None) -> None:
     """List enrolled identities, a page at a time (through the running deployment, else the
     gallery itself). Pages follow a stable order: alphabetical on the embedded engine."""
     from actors.gallery import GalleryError
-    from facestream.gallery_reads import GalleryReader
+    from facestream.gallery_reads import identity_page
 
     try:
-        with GalleryReader(_settings()) as reader:
-            rows = reader.call("identities", limit, after)
-            total = reader.call("identity_count")
+        rows, total = identity_page(_settings(), limit, after)
     except GalleryError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:

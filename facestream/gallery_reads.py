@@ -1,6 +1,7 @@
 """Reading the current gallery from a command: through the running deployment's gallery actor
-when one owns it, else opened here. Light on purpose (no models, no OpenCV): `identities
-list` is a command people run in loops."""
+when one owns it, else opened here. Light on purpose (no models, no OpenCV; listing a closed
+edge gallery loads neither numpy nor the engine): `identities list` is a command people run
+in loops."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from actors.gallery import current_model, gallery_folder, open_gallery
+from actors.gallery import (
+    OWNER,
+    current_generation,
+    current_model,
+    gallery_folder,
+    open_gallery,
+)
+from actors.gallery.records import RECORDS_FILE, IdentityRecords
 from core.settings import Settings
 
 
@@ -55,6 +63,35 @@ def ask_gallery(settings: Settings, method: str, *args: Any) -> Any:
         return reader.call(method, *args)
 
 
+def identity_page(
+    settings: Settings, limit: int, after: str | None
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of the current gallery's identities (``limit`` rows after ``after``) and how
+    many there are."""
+    records = _closed_records(settings)
+    if records is None:
+        with GalleryReader(settings) as reader:
+            return reader.call("identities", limit, after), reader.call("identity_count")
+    try:
+        return records.page(after, limit), records.count()
+    finally:
+        records.close()
+
+
+def _closed_records(settings: Settings) -> IdentityRecords | None:
+    """The current edge gallery's identity records, read here when no deployment owns the
+    gallery. None when they must be read through the gallery itself: an owner serves it, the
+    cluster is configured, or there are no records yet (opening a gallery made before them
+    writes them; opening a missing one says so)."""
+    if settings.gallery.backend != "edge" or settings.ray.address:
+        return None
+    current = current_generation(settings)
+    if current is None or live_owner(settings, current.model_id, current.number) is not None:
+        return None
+    path = gallery_folder(settings, current.model_id, current.number) / RECORDS_FILE
+    return IdentityRecords(path) if path.is_file() else None
+
+
 def live_owner(settings: Settings, model_id: str, number: int | None = None) -> dict | None:
     """The record (owner.json, written by the gallery actor) of the process that owns
     ``model_id``'s edge gallery (generation ``number``; None: the current one), if that
@@ -64,11 +101,10 @@ def live_owner(settings: Settings, model_id: str, number: int | None = None) -> 
         return None
     import psutil
 
-    from actors.gallery.edge import OWNER_FILE
     from facestream.ports import in_use
 
     try:
-        owner = json.loads((gallery_folder(settings, model_id, number) / OWNER_FILE).read_text())
+        owner = json.loads((gallery_folder(settings, model_id, number) / OWNER).read_text())
     except (OSError, ValueError):
         return None
     host, _, port = str(owner.get("ray_address", "")).rpartition(":")

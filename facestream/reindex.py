@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from actors.gallery import (
+    OWNER,
     Gallery,
     Generation,
     current_generation,
@@ -289,11 +290,10 @@ def _hand_over_owner(settings: Settings, live: Generation | None, target: Genera
     before it has followed the pointer."""
     if settings.gallery.backend != "edge" or live is None or live.model_id != target.model_id:
         return
-    from actors.gallery.edge import OWNER_FILE
 
-    owner = gallery_folder(settings, live.model_id, live.number) / OWNER_FILE
+    owner = gallery_folder(settings, live.model_id, live.number) / OWNER
     if owner.exists():
-        dest = gallery_folder(settings, target.model_id, target.number) / OWNER_FILE
+        dest = gallery_folder(settings, target.model_id, target.number) / OWNER
         dest.write_text(owner.read_text())
 
 

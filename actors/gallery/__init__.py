@@ -17,9 +17,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actors.gallery.base import Candidate, Gallery, GalleryError, ModelMismatch
+from actors.gallery.errors import GalleryError, ModelMismatch
+
+if TYPE_CHECKING:
+    from actors.gallery.base import Candidate, Gallery
 
 __all__ = [
     "Candidate",
@@ -48,6 +51,16 @@ OWNER = "owner.json"  # the gallery actor serving a folder (actors.deployment)
 BUILDER = "reindex.json"  # the reindex building a folder (facestream.reindex)
 _SEP = "--g"  # a slug never holds two hyphens in a row, so the suffix cannot be ambiguous
 SIGHTINGS_PREFIX = "sightings-"
+
+
+def __getattr__(name: str) -> Any:
+    """The interface (``Gallery``, ``Candidate``) loads on first use: it brings numpy, which
+    reading a closed gallery's identity records needs not (``facestream.gallery_reads``)."""
+    if name in ("Candidate", "Gallery"):
+        from actors.gallery import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def model_slug(model_id: str) -> str:

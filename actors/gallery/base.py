@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.gallery.errors import GalleryError, ModelMismatch
 from core.faces import Candidate
 
 _POINT_NAMESPACE = uuid.UUID("6f1d3a52-8a4e-4f3c-9a55-1c2b7f0e9d11")
@@ -38,14 +39,6 @@ _GROW = 4
 _WITHIN_FIRST = 16
 # Payloads read per request when a backend rebuilds its identity records from the points.
 _SCROLL_PAGE = 1024
-
-
-class GalleryError(RuntimeError):
-    pass
-
-
-class ModelMismatch(GalleryError):
-    pass
 
 
 @dataclass(frozen=True)

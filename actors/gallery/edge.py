@@ -57,7 +57,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -71,6 +70,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from actors.gallery.base import Gallery, GalleryError, Hit
+from actors.gallery.records import RECORDS_FILE, IdentityRecords
 from core.concurrency import ReadWriteLock
 
 if TYPE_CHECKING:
@@ -78,11 +78,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Written beside the shard by the process that owns it: where CLI processes can reach it.
-OWNER_FILE = "owner.json"
 META_FILE = "gallery.json"
 STATE_FILE = "state.json"
-RECORDS_FILE = "identities.sqlite3"
 LEGACY_SHARD = "shard"
 _FOLDER_PREFIXES = ("live-", "index-", "export-", "mirror-")
 # Segments under this size (KB) are scanned, not searched through HNSW (Qdrant's default).
@@ -898,68 +895,6 @@ class _Build:
         self.cancel = False
 
 
-class _Records:
-    """Identity records in SQLite (which releases the GIL while it works)."""
-
-    _COLUMNS = ("identity", "name", "photos", "enrolled_at")
-
-    def __init__(self, path: Path) -> None:
-        self.fresh = not path.exists()
-        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self.lock = threading.Lock()
-        with self.lock:
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS identities (identity TEXT PRIMARY KEY, name TEXT,"
-                " photos INTEGER NOT NULL, enrolled_at TEXT)"
-            )
-            self.rows = self.db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
-
-    def get(self, identities: list[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        with self.lock:
-            for start in range(0, len(identities), 500):
-                chunk = identities[start : start + 500]
-                marks = ",".join("?" * len(chunk))
-                for row in self.db.execute(
-                    f"SELECT * FROM identities WHERE identity IN ({marks})", chunk
-                ):
-                    out[row[0]] = dict(zip(self._COLUMNS, row, strict=True))
-        return out
-
-    def put(self, rows: list[dict[str, Any]]) -> None:
-        new = len(rows) - len(self.get([r["identity"] for r in rows]))
-        with self.lock:
-            self.db.execute("BEGIN")
-            self.db.executemany(
-                "INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?)",
-                [tuple(r[c] for c in self._COLUMNS) for r in rows],
-            )
-            self.db.execute("COMMIT")
-            self.rows += new
-
-    def delete(self, identity: str) -> None:
-        with self.lock:
-            gone = self.db.execute("DELETE FROM identities WHERE identity = ?", (identity,))
-            self.rows -= gone.rowcount
-
-    def page(self, after: str | None, limit: int) -> list[dict[str, Any]]:
-        with self.lock:
-            rows = self.db.execute(
-                "SELECT * FROM identities WHERE identity > ? ORDER BY identity LIMIT ?",
-                ("" if after is None else after, limit),
-            ).fetchall()
-        return [dict(zip(self._COLUMNS, r, strict=True)) for r in rows]
-
-    def count(self) -> int:
-        return self.rows  # kept up to date by put() and delete(): no table scan
-
-    def close(self) -> None:
-        with self.lock, contextlib.suppress(Exception):
-            self.db.close()
-
-
 class EdgeGallery(Gallery):
     backend = "edge"
 
@@ -1000,7 +935,7 @@ class EdgeGallery(Gallery):
             meta_file.write_text(json.dumps({"model_id": self.model_id, "dim": self.dim}))
         self._state = self._load_state()
         self._hidden = Hidden(self._state.get("hidden"))
-        self._records = _Records(self.path / RECORDS_FILE)
+        self._records = IdentityRecords(self.path / RECORDS_FILE)
         if self._records.fresh and (self._state["live"] or self._state.get("index")):
             self._rebuild_records()  # a gallery made before identity records existed
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from actors.gallery import Gallery, gallery_folder
-from actors.gallery.edge import FULL_SCAN_KB, OWNER_FILE, EdgeGallery
+from actors.gallery import OWNER, Gallery, gallery_folder
+from actors.gallery.edge import FULL_SCAN_KB, EdgeGallery
 from actors.gallery.server import ServerGallery
 from core.settings import GallerySettings, Settings
 
@@ -331,23 +331,29 @@ def test_a_build_cut_short_leaves_nothing_behind(tmp_path: Path) -> None:
     g.close()
 
 
-def test_cli_lists_a_page_of_identities(tmp_path: Path) -> None:
+def closed_gallery(tmp_path: Path, people: int) -> Settings:
+    """A current gallery of ``people`` people (p0, p1, ...), closed: no deployment owns it."""
     from actors.gallery import open_gallery
 
     settings = Settings().override(gallery__path=tmp_path)
     g = open_gallery(settings, MODEL, DIM)
-    vectors = unit(np.random.default_rng(2).standard_normal((5, DIM)))
+    vectors = unit(np.random.default_rng(2).standard_normal((people, DIM)))
     g.add_many(
         [(f"p{i}", None, vectors[i : i + 1], [{"name": "a", "sha256": str(i)}], "t")
-         for i in range(5)]
+         for i in range(people)]
     )  # fmt: skip
     g.close()
+    return settings
+
+
+def test_cli_lists_a_page_of_identities(tmp_path: Path) -> None:
+    settings = closed_gallery(tmp_path, 5)
     # As a stopped deployment leaves it: the record of an owner whose process and Ray are
     # gone (the command once tried to join that Ray for minutes).
     with socket.socket() as nobody:
         nobody.bind(("127.0.0.1", 0))
         dead = {"ray_address": f"127.0.0.1:{nobody.getsockname()[1]}", "pid": 2**22 + 1}
-    (gallery_folder(settings, MODEL) / OWNER_FILE).write_text(json.dumps(dead))
+    (gallery_folder(settings, MODEL) / OWNER).write_text(json.dumps(dead))
     env = {**__import__("os").environ, "FACESTREAM_GALLERY__PATH": str(tmp_path)}
     cmd = [sys.executable, "-m", "facestream.cli", "identities", "list"]
     out = subprocess.run(
@@ -359,3 +365,23 @@ def test_cli_lists_a_page_of_identities(tmp_path: Path) -> None:
     out = subprocess.run([*cmd, "--limit", "2"], capture_output=True, text=True, env=env,
                          timeout=120)  # fmt: skip
     assert out.returncode == 0 and "2 of 5 identities" in out.stdout and "--after p1" in out.stdout
+
+
+def test_listing_a_closed_gallery_loads_neither_numpy_nor_the_engine(tmp_path: Path) -> None:
+    """``identities list --json`` is run in loops: a closed edge gallery's page comes from its
+    identity records alone (numpy and qdrant-edge cost ~35 ms of imports, rich ~15)."""
+    closed_gallery(tmp_path, 3)
+    code = (
+        "import sys; from facestream.cli import main\n"
+        "try: main(['identities', 'list', '--json'])\n"
+        "except SystemExit: pass\n"
+        "print(sorted(m for m in ('numpy', 'qdrant_edge', 'rich') if m in sys.modules))"
+    )
+    env = {**__import__("os").environ, "FACESTREAM_GALLERY__PATH": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    *rows, loaded = out.stdout.splitlines()
+    assert [json.loads(r)["identity"] for r in rows] == ["p0", "p1", "p2"]
+    assert loaded == "[]"

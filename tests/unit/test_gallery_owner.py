@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.gallery import gallery_folder, set_current_model
-from actors.gallery.edge import OWNER_FILE
+from actors.gallery import OWNER, gallery_folder, set_current_model
 from core.settings import Settings
 from facestream.gallery_reads import live_owner, owner_ray_address, running_owner
 
@@ -41,7 +40,7 @@ def listening() -> Iterator[int]:
 
 def write_owner(settings: Settings, pid: int, port: int) -> dict:
     owner = {"ray_address": f"127.0.0.1:{port}", "ray_auth_token_path": None, "pid": pid}
-    (gallery_folder(settings, MODEL) / OWNER_FILE).write_text(json.dumps(owner))
+    (gallery_folder(settings, MODEL) / OWNER).write_text(json.dumps(owner))
     return owner
 
 
