@@ -16,6 +16,21 @@ from typing import Any
 RECORDS_FILE = "identities.sqlite3"
 
 
+# The number of identities, kept by triggers in a one-row table: opening and counting never
+# scan (COUNT(*) reads every row: ~25 ms at 200k identities). Rows change by UPSERT, never by
+# INSERT OR REPLACE, whose implicit delete fires no trigger.
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities (
+    identity TEXT PRIMARY KEY, name TEXT, photos INTEGER NOT NULL, enrolled_at TEXT);
+CREATE TABLE IF NOT EXISTS total (identities INTEGER NOT NULL);
+INSERT INTO total SELECT COUNT(*) FROM identities WHERE NOT EXISTS (SELECT 1 FROM total);
+CREATE TRIGGER IF NOT EXISTS counted_in AFTER INSERT ON identities
+    BEGIN UPDATE total SET identities = identities + 1; END;
+CREATE TRIGGER IF NOT EXISTS counted_out AFTER DELETE ON identities
+    BEGIN UPDATE total SET identities = identities - 1; END;
+"""
+
+
 class IdentityRecords:
     """Identity records in SQLite (which releases the GIL while it works)."""
 
@@ -28,11 +43,11 @@ class IdentityRecords:
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS identities (identity TEXT PRIMARY KEY, name TEXT,"
-                " photos INTEGER NOT NULL, enrolled_at TEXT)"
-            )
-            self.rows = self.db.execute("SELECT COUNT(*) FROM identities").fetchone()[0]
+            self.db.execute("BEGIN IMMEDIATE")  # one schema, however many processes open it
+            for statement in _SCHEMA.split(";\n"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute("COMMIT")
 
     def get(self, identities: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -47,20 +62,19 @@ class IdentityRecords:
         return out
 
     def put(self, rows: list[dict[str, Any]]) -> None:
-        new = len(rows) - len(self.get([r["identity"] for r in rows]))
         with self.lock:
             self.db.execute("BEGIN")
             self.db.executemany(
-                "INSERT OR REPLACE INTO identities VALUES (?, ?, ?, ?)",
+                "INSERT INTO identities VALUES (?, ?, ?, ?) ON CONFLICT (identity) DO UPDATE"
+                " SET name = excluded.name, photos = excluded.photos,"
+                " enrolled_at = excluded.enrolled_at",
                 [tuple(r[c] for c in self._COLUMNS) for r in rows],
             )
             self.db.execute("COMMIT")
-            self.rows += new
 
     def delete(self, identity: str) -> None:
         with self.lock:
-            gone = self.db.execute("DELETE FROM identities WHERE identity = ?", (identity,))
-            self.rows -= gone.rowcount
+            self.db.execute("DELETE FROM identities WHERE identity = ?", (identity,))
 
     def page(self, after: str | None, limit: int) -> list[dict[str, Any]]:
         with self.lock:
@@ -71,7 +85,8 @@ class IdentityRecords:
         return [dict(zip(self._COLUMNS, r, strict=True)) for r in rows]
 
     def count(self) -> int:
-        return self.rows  # kept up to date by put() and delete(): no table scan
+        with self.lock:
+            return self.db.execute("SELECT identities FROM total").fetchone()[0]
 
     def close(self) -> None:
         with self.lock, contextlib.suppress(Exception):
