@@ -390,34 +390,30 @@ def identity_reads(gallery: EdgeGallery, n_ident: int, seed: int) -> dict[str, A
     }
 
 
-def cli_listing(root: Path, model: str) -> dict[str, Any]:
-    """``facestream identities list --limit 100`` on the closed gallery (no deployment)."""
+def cli_listing(root: Path, runs: int = 5) -> dict[str, Any]:
+    """``facestream identities list --limit 100`` on the closed gallery (no deployment), as
+    people run it: the whole command's wall time (ms), printing JSON lines and a table, ``runs``
+    times each, after one run not counted (it writes, once, what a gallery made by older code
+    lacks: the identity records' kept count)."""
     env = {**os.environ, "FACESTREAM_GALLERY__PATH": str(root)}
     cmd = [sys.executable, "-m", "facestream.cli", "identities", "list", "--limit", "100"]
-    t = time.perf_counter()
-    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, env=env, timeout=300)
-    wall = time.perf_counter() - t
-    rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
-    code = (
-        "import time, sys; from actors.gallery.edge import EdgeGallery; t=time.perf_counter();"
-        f" g=EdgeGallery({str(gallery_folder_of(root, model))!r}, None, None);"
-        " o=time.perf_counter();"
-        " rows=g.identities(100); n=g.identity_count(); e=time.perf_counter();"
-        " print(round((o-t)*1000,1), round((e-o)*1000,2), len(rows), n); g.close()"
-    )
-    inner = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
-    )
-    open_ms, call_ms, n_rows, total = inner.stdout.split()
-    return {
-        "cli_wall_s": wall,
-        "cli_rows": len(rows),
-        "cli_exit": out.returncode,
-        "open_ms": float(open_ms),
-        "identities_limit_100_plus_count_ms": float(call_ms),
-        "rows": int(n_rows),
-        "identities": int(total),
-    }
+
+    def run(*extra: str) -> tuple[float, subprocess.CompletedProcess]:
+        t = time.perf_counter()
+        out = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=env, timeout=300)
+        return (time.perf_counter() - t) * 1000, out
+
+    run("--json")
+    json_ms, table_ms, failed = [], [], 0
+    for _ in range(runs):
+        ms, out = run("--json")
+        json_ms.append(ms)
+        rows = [line for line in out.stdout.splitlines() if line.startswith("{")]
+        failed += out.returncode != 0 or len(rows) != 100
+        ms, out = run()
+        table_ms.append(ms)
+        failed += out.returncode != 0
+    return {"json_ms": percentiles(json_ms), "table_ms": percentiles(table_ms), "failed": failed}
 
 
 def memory_note(gallery: EdgeGallery) -> str:
@@ -603,7 +599,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reads = identity_reads(gallery, args.identities, args.seed)
         rss_owner = psutil.Process().memory_info().rss
         gallery.close()
-        cli = cli_listing(root, args.model_id)
+        cli = cli_listing(root)
     finally:
         if args.keep:
             log(f"gallery kept: FACESTREAM_GALLERY__PATH={root}")
@@ -669,10 +665,10 @@ def main(argv: Sequence[str] | None = None) -> None:
              reads["identities_limit_100_after_ms"]["max"]],
             ["identity_count()", reads["identity_count_ms"], ""],
             ["size()", reads["size_ms"], ""],
-            ["closed gallery: open + identities(100) + identity_count (new process)",
-             f"{cli['open_ms']:.0f} + {cli['identities_limit_100_plus_count_ms']:.1f}", ""],
             ["`facestream identities list --limit 100 --json`, whole command (wall)",
-             cli["cli_wall_s"] * 1000, ""],
+             cli["json_ms"]["p50"], cli["json_ms"]["max"]],
+            ["`facestream identities list --limit 100` (a table), whole command (wall)",
+             cli["table_ms"]["p50"], cli["table_ms"]["max"]],
         ],
     )  # fmt: skip
     print_table(
@@ -702,8 +698,9 @@ def main(argv: Sequence[str] | None = None) -> None:
              f"max {s['during_build']['max']:.1f} ms over {s['during_build']['n']} searches"],
             ["show / delete of one identity < 50 ms",
              f"max {reads['show_ms']['max']:.1f} / {reads['delete_ms']['max']:.1f} ms"],
-            ["identities list --limit 100 < 200 ms",
-             f"max {reads['identities_limit_100_after_ms']['max']:.1f} ms (call)"],
+            ["identities list --limit 100 < 200 ms (the whole command)",
+             f"max {max(cli['json_ms']['max'], cli['table_ms']['max']):.0f} ms"
+             f" ({cli['failed']} runs failed)"],
             ["foreign load during the run (cores)", f"{foreign_cores:.2f}"],
         ],
     )  # fmt: skip
