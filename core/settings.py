@@ -446,6 +446,14 @@ class GallerySettings(Group):
         description="Edge: threads of the background index build; 0: the engine's choice"
         " (Qdrant: 8-16, fewer on small CPUs).",
     )
+    build_pause_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=0.9,
+        description="Edge: the most of a background build's time that searches may keep its"
+        " process stopped while they run (a search beside a build that shares its cores ran"
+        " 3-7x slower); 0: never stopped, for machines with cores to spare.",
+    )
 
 
 class PrivacySettings(Group):

@@ -174,6 +174,9 @@ def test_searches_answer_while_the_index_builds(
     # and a loaded runner's other tests must leave (blocked by the build, it is one).
     assert len(latencies) >= max(5, 2 * build_s)
     assert max(latencies) < max(1.0, 0.5 * g.builds[0]["optimize_s"])
+    # The builder was stopped while searches ran, for at most its share of the build.
+    share, build = g.options.build_pause_share, g.builds[0]
+    assert 0 < build["paused_s"] <= share * build["wall_s"] + 0.5
     g.close()
 
 
