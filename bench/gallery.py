@@ -355,9 +355,10 @@ def print_traffic(traffic: dict[str, Any], args: Any) -> None:
     )
     print_table(
         "builds triggered by the enrolments",
-        ["points", "added", "copy s", "upserts s", "optimize s", "build s", "start to served s"],
+        ["points", "added", "copy s", "upserts s", "optimize s", "build s", "start to served s",
+         "stopped for searches s"],
         [[b["points"], b["added"], b["copy_s"], b["load_s"], b["optimize_s"], b["build_s"],
-          b["wall_s"]] for b in traffic["builds"]],
+          b["wall_s"], b.get("paused_s", "")] for b in traffic["builds"]],
     )  # fmt: skip
 
 
