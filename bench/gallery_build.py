@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs: dict[str, dict] = {}
     for share in (float(v) for v in args.pause_shares.split(",")):
         foreign, ours_start = ForeignLoad(), ours_cpu_s()
-        gallery = EdgeGallery(folder, None, None, GallerySettings(build_pause_share=share))
+        gallery = EdgeGallery(folder, None, None, options=GallerySettings(build_pause_share=share))
         try:
             t = time.perf_counter()
             gallery.search(queries[:1], 3)  # starts the live and index processes
