@@ -2,32 +2,14 @@
 
 from __future__ import annotations
 
-import functools
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.table import Table
+from rich.console import Console
+from rich.table import Table
 
-
-@functools.cache
-def _rich_console() -> Console:
-    from rich.console import Console
-
-    # soft_wrap: a line longer than the terminal stays one line (the terminal folds it), so
-    # that a path or an image id is never broken in two, in a terminal or in a log.
-    return Console(highlight=False, soft_wrap=True)
-
-
-class _FirstUse:
-    """rich's console, made where it is first used: importing rich takes ~15 ms, which a
-    command printing only JSON lines (``identities list --json``, run in loops) never needs."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_rich_console(), name)
-
-
-console = cast("Console", _FirstUse())
+# soft_wrap: a line longer than the terminal stays one line (the terminal folds it), so that a
+# path or an image id is never broken in two, in a terminal or in a log.
+console = Console(highlight=False, soft_wrap=True)
 
 
 def describe_face(face: dict[str, Any]) -> str:
@@ -54,8 +36,6 @@ def event_line(topic_kind: str, event: dict[str, Any]) -> str:
 
 
 def kv_table(title: str, rows: dict[str, Any]) -> Table:
-    from rich.table import Table
-
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -65,8 +45,6 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left")
     for col in columns:
         table.add_column(col)

@@ -372,13 +372,13 @@ def test_cli_lists_a_page_of_identities(tmp_path: Path) -> None:
 
 def test_listing_a_closed_gallery_loads_neither_numpy_nor_the_engine(tmp_path: Path) -> None:
     """``identities list --json`` is run in loops: a closed edge gallery's page comes from its
-    identity records alone (numpy and qdrant-edge cost ~35 ms of imports, rich ~15)."""
+    identity records alone (numpy and qdrant-edge cost ~35 ms of imports)."""
     closed_gallery(tmp_path, 3)
     code = (
         "import sys; from facestream.cli import main\n"
         "try: main(['identities', 'list', '--json'])\n"
         "except SystemExit: pass\n"
-        "print(sorted(m for m in ('numpy', 'qdrant_edge', 'rich') if m in sys.modules))"
+        "print(sorted(m for m in ('numpy', 'qdrant_edge') if m in sys.modules))"
     )
     env = {**__import__("os").environ, "FACESTREAM_GALLERY__PATH": str(tmp_path)}
     out = subprocess.run(
