@@ -290,7 +290,6 @@ def _hand_over_owner(settings: Settings, live: Generation | None, target: Genera
     before it has followed the pointer."""
     if settings.gallery.backend != "edge" or live is None or live.model_id != target.model_id:
         return
-
     owner = gallery_folder(settings, live.model_id, live.number) / OWNER
     if owner.exists():
         dest = gallery_folder(settings, target.model_id, target.number) / OWNER

@@ -43,11 +43,8 @@ class IdentityRecords:
         with self.lock:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("BEGIN IMMEDIATE")  # one schema, however many processes open it
-            for statement in _SCHEMA.split(";\n"):
-                if statement.strip():
-                    self.db.execute(statement)
-            self.db.execute("COMMIT")
+            # One transaction: one schema and one first count, however many processes open it.
+            self.db.executescript(f"BEGIN IMMEDIATE; {_SCHEMA} COMMIT;")
 
     def get(self, identities: list[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}

@@ -418,6 +418,8 @@ REFUSED = [
     ("GALLERY__HNSW_EF_CONSTRUCT", "3"),  # the Qdrant server refused the collection
     ("MATCHING__TOP_K", "101"),
     ("RETRY__BACKOFF_S", "11"),  # cut to the policy's 10 s, silently
+    # A build stopped for searches nearly all the time would never end.
+    *[("GALLERY__BUILD_PAUSE_SHARE", v) for v in ["-0.1", "0.95"]],
 ]
 
 
