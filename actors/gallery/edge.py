@@ -354,7 +354,7 @@ def _build(job: dict[str, Any]) -> tuple[qe.EdgeShard, dict[str, Any]]:
     shard.flush()
     info = shard.info()
     return shard, {
-        "points": shard.count(qe.CountRequest(exact=True)),
+        "points": info.points_count,
         "indexed": info.indexed_vectors_count,
         "segments": info.segments_count,
         "added": added,
@@ -377,19 +377,23 @@ class _IndexServer:
 
     def __init__(self, shard: qe.EdgeShard, hidden: Hidden) -> None:
         self.shard, self.hidden = shard, hidden
-        self._hidden_points: int | None = None  # how many points `hidden` hides; None: unknown
+        # Counted here and on each hide, never on a search's path: a count that is not
+        # answered by a payload index (all points, or all but the hidden) scans every point,
+        # ~110 ms at 1.4M, and requests to this process wait for one another.
+        self._hidden_points = self._count_hidden()
+
+    def _count_hidden(self) -> int:
+        """How many points ``hidden`` hides (a union of indexed conditions: ~1 ms at 1.4M)."""
+        conditions = self.hidden.conditions()
+        if not conditions:
+            return 0
+        return self.shard.count(qe.CountRequest(exact=True, filter=qe.Filter(should=conditions)))
 
     def _post_filtered(self) -> int | None:
         """How many more points a search asks for, to drop the hidden ones from its answer;
         None: hidden by time, the index filters them."""
         if self.hidden.before:
             return None
-        if self._hidden_points is None:
-            conditions = self.hidden.conditions()
-            flt = qe.Filter(should=conditions) if conditions else None
-            self._hidden_points = self.shard.count(qe.CountRequest(exact=True, filter=flt))
-            if flt is None:
-                self._hidden_points = 0
         return min(self._hidden_points, self.post_filter_extra)
 
     def _query(
@@ -436,6 +440,8 @@ class _IndexServer:
         return [k[:limit] for k in kept]
 
     def count(self, spec: tuple | None) -> int:
+        if spec is None:  # the gallery's size, asked by every worker's gauges every 5 s
+            return self.shard.info().points_count - self._hidden_points
         return self.shard.count(qe.CountRequest(exact=True, filter=_filter(spec, self.hidden)))
 
     def counts(self, identities: list[str]) -> dict[str, int]:
@@ -463,17 +469,18 @@ class _IndexServer:
 
     def hide(self, spec: tuple) -> None:
         self.hidden.add(spec)
-        self._hidden_points = None
+        self._hidden_points = self._count_hidden()
 
     def apply(self, specs: list[tuple]) -> None:
         for spec in specs:
             self.shard.update(qe.UpdateOperation.delete_points_by_filter(_filter(spec)))
         self.shard.flush()
+        self._hidden_points = self._count_hidden()
 
     def info(self) -> dict[str, Any]:
         info = self.shard.info()
         return {
-            "points": self.shard.count(qe.CountRequest(exact=True)),
+            "points": info.points_count,
             "indexed": info.indexed_vectors_count,
             "segments": info.segments_count,
             "pid": os.getpid(),
