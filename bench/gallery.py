@@ -273,7 +273,7 @@ def live_traffic(
     replace the last run's people (each hiding their old photos in the index)."""
     rng = np.random.default_rng(seed)
     stop = threading.Event()
-    searches: list[tuple[float, float, bool]] = []  # (start, ms per call, build running)
+    searches: list[tuple[float, float, bool]] = []  # (start (monotonic), ms, build running)
     enrols: list[tuple[float, float, bool]] = []
     builds_before = len(gallery.builds)
     building = lambda: gallery.index_status()["building"]  # noqa: E731
@@ -283,9 +283,9 @@ def live_traffic(
         next_at = time.perf_counter()
         while not stop.is_set():
             chunk = queries[(k * 3) % (len(queries) - 3) :][:3]
-            t = time.perf_counter()
+            t = time.monotonic()
             gallery.search(chunk, TOP_K)
-            searches.append((t, (time.perf_counter() - t) * 1000, gallery._build is not None))
+            searches.append((t, (time.monotonic() - t) * 1000, gallery._build is not None))
             k += 1
             next_at += period
             time.sleep(max(0.0, next_at - time.perf_counter()))
@@ -297,15 +297,15 @@ def live_traffic(
             ident = int(rng.integers(0, len(centres)))
             vectors = photos_of(np.repeat(centres[ident : ident + 1], 5, axis=0), rng)
             photos = [{"name": f"{tag}-{n}-{p}.jpg", "sha256": f"{tag}-{n}-{p}"} for p in range(5)]
-            t = time.perf_counter()
+            t = time.monotonic()
             gallery.add(f"{tag}-{n:07d}", None, vectors, photos, "bench")
-            enrols.append((t, (time.perf_counter() - t) * 1000, gallery._build is not None))
+            enrols.append((t, (time.monotonic() - t) * 1000, gallery._build is not None))
             n += 1
             next_at += period
             time.sleep(max(0.0, next_at - time.perf_counter()))
 
     threads = [threading.Thread(target=searcher), threading.Thread(target=enroller)]
-    started = time.perf_counter()
+    started, started_mono = time.perf_counter(), time.monotonic()
     for t in threads:
         t.start()
     seen_building = False
@@ -329,12 +329,29 @@ def live_traffic(
             "no_build": {"n": len(other), **percentiles(other)},
         }
 
+    builds_seen = gallery.builds[builds_before:]
+
+    def slowest(samples: list[tuple[float, float, bool]], n: int = 5) -> list[dict[str, Any]]:
+        """The ``n`` slowest calls, each placed against the builds: in which one, how long
+        after its start, or how long after the last build was served."""
+        out = []
+        for t, ms, _ in sorted(samples, key=lambda s: -s[1])[:n]:
+            where = "before any build served"
+            for k, b in enumerate(builds_seen):
+                if b["started_at"] <= t < b["served_at"]:
+                    where = f"build {k + 1}, {t - b['started_at']:.1f} s after its start"
+                elif t >= b["served_at"]:
+                    where = f"{t - b['served_at']:.2f} s after build {k + 1} was served"
+            out.append({"ms": ms, "at_s": t - started_mono, "where": where})
+        return out
+
     return {
         "wall_s": wall,
         "searches": split(searches),
         "enrolments": split(enrols),
+        "slowest": {"search": slowest(searches), "enrolment": slowest(enrols)},
         "enrolled_identities": len(enrols),
-        "builds": gallery.builds[builds_before:],
+        "builds": builds_seen,
         "build_seen": seen_building,
     }
 
@@ -353,6 +370,12 @@ def print_traffic(traffic: dict[str, Any], args: Any) -> None:
         ["calls", "when", "n", "p50 ms", "p99 ms", "max ms"],
         rows,
     )
+    print_table(
+        "the slowest calls, placed against the builds",
+        ["call", "ms", "s into the traffic", "when"],
+        [[call, c["ms"], c["at_s"], c["where"]]
+         for call, calls in traffic.get("slowest", {}).items() for c in calls],
+    )  # fmt: skip
     print_table(
         "builds triggered by the enrolments",
         ["points", "added", "copy s", "upserts s", "optimize s", "build s", "start to served s",

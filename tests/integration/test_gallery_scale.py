@@ -334,6 +334,51 @@ def test_a_build_cut_short_leaves_nothing_behind(tmp_path: Path) -> None:
     g.close()
 
 
+def test_a_build_never_writes_the_served_index(tmp_path: Path) -> None:
+    """A build links the served index's read-only files (vectors, quantized vectors, graph)
+    instead of copying them; deleting, adding and merging must leave them byte for byte."""
+    import hashlib
+
+    from actors.gallery.edge import _READ_ONLY_FILES, _build, _write_points
+
+    rng = np.random.default_rng(3)
+    opts = {"dim": DIM, "m": 16, "ef_construct": 48, "full_scan_kb": FULL_SCAN_KB,
+            "threads": 1, "quantization": "int8"}  # fmt: skip
+
+    def export(folder: Path, start: int, n: int) -> str:
+        ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(start, start + n)]
+        payloads = [{"identity": name(i // 4)} for i in range(start, start + n)]
+        _write_points(folder, unit(rng.standard_normal((n, DIM))), ids, payloads, ["t"] * n)
+        return str(folder)
+
+    def read_only(index: Path) -> dict[str, tuple[int, str]]:
+        return {
+            str(f.relative_to(index)): (f.stat().st_ino, hashlib.sha256(f.read_bytes()).hexdigest())
+            for f in index.rglob("*") if f.name in _READ_ONLY_FILES
+        }  # fmt: skip
+
+    base = tmp_path / "index-1"
+    shard, _ = _build({"out": str(base), "export": export(tmp_path / "e1", 0, 6000),
+                       "options": opts})  # fmt: skip
+    shard.close()
+    before = read_only(base)
+    assert {Path(f).name for f in before} >= {"matrix.dat", "quantized.data"}
+    # Deletions, and more points than the indexing threshold: a merge into a new segment.
+    job = {"out": str(tmp_path / "index-2"), "base": str(base), "options": opts,
+           "deletes": [("identities", [name(0), name(1)])],
+           "export": export(tmp_path / "e2", 6000, 6000)}  # fmt: skip
+    shard, info = _build(job)
+    shard.close()
+    assert info["points"] == 12000 - 8 and info["indexed"] > 6000
+    assert read_only(base) == before
+    # Few points added (no merge): the big segment's files are the base's, linked.
+    shard, _ = _build({"out": str(tmp_path / "index-3"), "base": str(tmp_path / "index-2"),
+                       "export": export(tmp_path / "e3", 12000, 10), "options": opts})  # fmt: skip
+    shard.close()
+    linked = read_only(tmp_path / "index-2").items() & read_only(tmp_path / "index-3").items()
+    assert {Path(f).name for f, _ in linked} >= {"matrix.dat", "quantized.data"}
+
+
 def closed_gallery(tmp_path: Path, people: int) -> Settings:
     """A current gallery of ``people`` people (p0, p1, ...), closed: no deployment owns it."""
     from actors.gallery import open_gallery
