@@ -342,7 +342,7 @@ def live_traffic(
                     where = f"build {k + 1}, {t - b['started_at']:.1f} s after its start"
                 elif t >= b["served_at"]:
                     where = f"{t - b['served_at']:.2f} s after build {k + 1} was served"
-            out.append({"ms": ms, "at_s": t - started_mono, "where": where})
+            out.append({"ms": ms, "at_s": t - started_mono, "where": where, "monotonic": t})
         return out
 
     return {
