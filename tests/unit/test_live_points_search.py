@@ -52,3 +52,40 @@ def test_live_points_search_equals_brute_force_after_replacements_and_erasures(
 
 def test_an_empty_mirror_answers_every_query_with_nothing() -> None:
     assert _Mirror(DIM).search(np.ones((3, DIM), np.float32), 5) == [[], [], []]
+
+
+def test_a_search_does_not_wait_for_the_live_points_to_grow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Growing the live points copies them all (400 MB at 200k): searches must not wait for
+    that copy, as they did when it ran under the lock they take."""
+    import threading
+
+    mirror = _Mirror(DIM, capacity=8)
+    mirror.add([f"p{k}" for k in range(8)], np.eye(8, DIM, dtype=np.float32), [{}] * 8, "live-1")
+    copying, searched, copied = threading.Event(), threading.Event(), threading.Event()
+    grown_copy = _Mirror._grown_copy
+
+    def slow_copy(self: _Mirror, n: int, k: int) -> tuple[np.ndarray, int]:
+        copying.set()
+        searched.wait(10)  # the copy goes on until the search is done (or 10 s)
+        try:
+            return grown_copy(self, n, k)
+        finally:
+            copied.set()
+
+    monkeypatch.setattr(_Mirror, "_grown_copy", slow_copy)
+    adder = threading.Thread(
+        target=mirror.add, args=(["new"], np.ones((1, DIM), np.float32), [{}], "live-1")
+    )
+    adder.start()
+    assert copying.wait(10)
+    [hits] = mirror.search(np.eye(1, DIM, dtype=np.float32), 1)
+    assert not copied.is_set()  # answered while the copy was still going on
+    searched.set()
+    adder.join()
+    assert hits[0][0] == "p0"  # answered from the rows held before the copy
+    assert (
+        mirror.count(None) == 9
+        and mirror.search(np.ones((1, DIM), np.float32), 1)[0][0][0] == "new"
+    )
