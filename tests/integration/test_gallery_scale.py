@@ -106,6 +106,9 @@ def test_edge_gallery_indexes_itself_and_answers_like_exact_search(
     # the last increments, under Qdrant's indexing threshold, may still be a plain segment.
     assert info["indexed"] > FULL_SCAN_KB * 1024 / (DIM * 4)
     assert len(g.builds) >= 2  # several background builds, each merged into the last
+    # Each new index was searched before it served (its first searches are slow: 325 ms at
+    # 2.3M points), with points of its own.
+    assert all(b["warm_queries"] == 64 for b in g.builds)
     assert decisions(g, data["queries"]) == exact(data)
     # New photos stay in the live shard, searched exactly, until the next build.
     extra = photos(data["centres"][:5], np.random.default_rng(1))
@@ -140,6 +143,8 @@ def test_deleted_identities_vanish_from_the_index_at_once_and_after_rebuilds(
     g.close()
     reopened = EdgeGallery(tmp_path / "g", None, None, options=options())
     assert reopened.size() == alive.sum() + 1
+    served = reopened._serving()
+    assert served is not None and served.info is not None and served.info["warm_queries"] == 64
     assert {v for v in victims[1:] if reopened.show(v)} == set()
     reopened.close()
 
