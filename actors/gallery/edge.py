@@ -397,8 +397,8 @@ class _IndexServer:
     # (a person whose many old photos are hidden) is asked again with the filter.
     post_filter_extra = 32
 
-    def __init__(self, shard: qe.EdgeShard, hidden: Hidden, dim: int) -> None:
-        self.shard, self.hidden, self.dim = shard, hidden, dim
+    def __init__(self, shard: qe.EdgeShard, hidden: Hidden) -> None:
+        self.shard, self.hidden = shard, hidden
         # Counted here and on each hide, never on a search's path: a count that is not
         # answered by a payload index (all points, or all but the hidden) scans every point,
         # ~110 ms at 1.4M, and requests to this process wait for one another.
@@ -412,7 +412,7 @@ class _IndexServer:
         records, _ = self.shard.scroll(
             qe.ScrollRequest(limit=queries, with_payload=False, with_vector=True)
         )
-        vectors = np.asarray([r.vector for r in records], np.float32).reshape(-1, self.dim)
+        vectors = np.asarray([r.vector for r in records], np.float32)
         params = qe.SearchParams(hnsw_ef=_WARM_EF)
         for start in range(0, len(vectors), 8):
             self._query(vectors[start : start + 8], 12, params, None)
@@ -632,13 +632,13 @@ def _engine_main(fd: int) -> None:
             info: dict[str, Any] = {"load_s": round(time.perf_counter() - started, 3)}
         elif job["mode"] == "build":
             shard, info = _build_in_background(job)
-            server = _IndexServer(shard, Hidden(), job["options"]["dim"])
+            server = _IndexServer(shard, Hidden())
             info |= server.warm()
         else:
             shard = qe.EdgeShard.load(job["path"])
             info = {"load_s": round(time.perf_counter() - started, 3)}
             info["prewarm_s"] = _prewarm(Path(job["path"]))
-            server = _IndexServer(shard, Hidden(job.get("hidden")), job["dim"])
+            server = _IndexServer(shard, Hidden(job.get("hidden")))
             info |= server.warm()
     except Exception as exc:
         conn.send(("err", f"{type(exc).__name__}: {exc}"))
@@ -1141,7 +1141,7 @@ class EdgeGallery(Gallery):
                     if self._index is not None:
                         self._index.kill()
                     job = {"mode": "serve", "path": str(self.path / name),
-                           "hidden": self._hidden.to_json(), "dim": self.dim}  # fmt: skip
+                           "hidden": self._hidden.to_json()}  # fmt: skip
                     self._index = EngineProcess(job, self._spawn)
                 index = self._index
         return index

@@ -60,7 +60,7 @@ def test_searches_and_the_gallery_size_never_count_every_point(
     shard: qe.EdgeShard, hidden: dict[str, Any] | None
 ) -> None:
     seen = CountsSeen(shard)
-    server = _IndexServer(seen, Hidden(hidden), DIM)  # type: ignore[arg-type]
+    server = _IndexServer(seen, Hidden(hidden))  # type: ignore[arg-type]
     queries = np.random.default_rng(1).standard_normal((3, DIM)).astype(np.float32)
     server.query(queries, 5, 16, None, False)
     size = server.count(None)
