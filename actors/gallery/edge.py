@@ -752,7 +752,15 @@ class EngineProcess:
             self.proc.wait()
         self.dead = True
 
+    def stop(self) -> None:
+        """Kill the process, from any thread. Its connection is left to the thread that
+        reads it, which sees it end and closes it: closed from here meanwhile, the
+        descriptor's number could be closed twice, the second time someone else's."""
+        with contextlib.suppress(Exception):
+            self.proc.kill()
+
     def kill(self) -> None:
+        """Kill the process and close its connection (by the thread that reads it)."""
         with contextlib.suppress(Exception):
             self.proc.kill()
             self.proc.wait()
@@ -1445,7 +1453,7 @@ class EdgeGallery(Gallery):
                 build.cancel = True
         if build is not None:
             if build.child is not None:
-                build.child.kill()
+                build.child.stop()  # its thread then closes it
             if build.thread is not None:
                 build.thread.join()
         with self._rw.write(), self._start_lock:

@@ -9,6 +9,8 @@ plus noise (same person ~0.7 cosine, different people ~0 +- 0.05)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -183,6 +185,37 @@ def test_searches_answer_while_the_index_builds(
     share, build = g.options.build_pause_share, g.builds[0]
     assert 0 < build["paused_s"] <= share * build["wall_s"] + 0.5
     g.close()
+
+
+def test_closing_during_a_build_leaves_its_connection_to_the_build_thread(
+    tmp_path: Path, data: dict[str, np.ndarray]
+) -> None:
+    """``close()`` kills a running build's process; only the build's own thread, which
+    reads the connection, closes it. Closed from both threads, a descriptor's number was
+    closed twice, the second time while it belonged to a folder being removed (EBADF)."""
+    g = EdgeGallery(tmp_path / "g", MODEL, DIM, options=options(), auto_index=False)
+    enrol_all(g, data, range(PEOPLE))
+    g.build_index()
+    build = g._build
+    assert build is not None and build.thread is not None
+    deadline = time.monotonic() + 60
+    while build.child is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child = build.child
+    assert child is not None and child.info is None  # still building (it takes seconds)
+    os.kill(child.proc.pid, signal.SIGSTOP)  # and it stays so until close() kills it
+    closed_by: list[str] = []
+    close_connection = child.conn.close
+
+    def close_and_record() -> None:
+        closed_by.append(threading.current_thread().name)
+        close_connection()
+
+    child.conn.close = close_and_record  # type: ignore[method-assign]
+    g.close()
+    assert closed_by and set(closed_by) == {"gallery-build"}
+    assert child.proc.poll() is not None and not build.thread.is_alive()
+    assert g.builds == [] and not (tmp_path / "g" / build.out).exists()
 
 
 def thread_nices(pid: int) -> dict[int, int]:
