@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import importlib.util
 import os
+import random
 import secrets
 import signal
 import socket
@@ -34,13 +35,44 @@ def free_port() -> int:
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports: each socket is held until all are chosen, since the kernel
-    may hand out a port it just gave to a socket now closed (two Ray agents on one port)."""
+    """``n`` distinct free ports for the stack's own listeners, chosen below the kernel's
+    ephemeral range (and above Ray's worker ports). A port chosen here is free until its
+    process binds it, seconds later; had it come from the ephemeral range, where a bind to
+    port 0 takes its ports (Ray's agents bind so), an agent could take it meanwhile (seen:
+    a worker's Ray metrics port, taken by the agent of that very Ray, failed its start).
+    Each socket is held until all are chosen, so the ``n`` differ."""
+    low, high = _OWN_PORTS.start, min(_OWN_PORTS.stop, _ephemeral_ports().start)
+    candidates = random.sample(range(low, high), min(high - low, 50 * n)) if high > low else []
     with contextlib.ExitStack() as held:
-        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        chosen: list[int] = []
+        for port in candidates:
+            s = held.enter_context(socket.socket())
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            chosen.append(port)
+            if len(chosen) == n:
+                return chosen
+        # No range of our own on this machine: the kernel's choice.
+        sockets = [held.enter_context(socket.socket()) for _ in range(n - len(chosen))]
         for s in sockets:
             s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+        return chosen + [s.getsockname()[1] for s in sockets]
+
+
+# Ray's workers take 10002-19999 (its default min/max worker ports); its other ports are
+# bound to 0 or drawn above such a one, so from the ephemeral range.
+_OWN_PORTS = range(20000, 32768)
+
+
+def _ephemeral_ports() -> range:
+    """The kernel's range for binds to port 0 (Linux; elsewhere its usual start)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        return range(32768, 61000)
+    return range(int(low), int(high) + 1)
 
 
 def unique_id(prefix: str) -> str:

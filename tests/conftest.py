@@ -61,8 +61,21 @@ class Pipeline:
     def enroll(self, request: EnrollmentRequest) -> dict:
         # The first request of a stack also waits for its worker to start (Ray, the model
         # replicas, the consumer group): on a loaded 2-core runner beside another stack,
-        # minutes. Only a failure waits it out.
-        return asyncio.run(request_enrollment(self.settings, request, 300.0))
+        # minutes. Only a failure waits it out, and a worker that exited fails it at once.
+        return asyncio.run(self._answered_while_a_worker_runs(request))
+
+    async def _answered_while_a_worker_runs(self, request: EnrollmentRequest) -> dict:
+        reply = asyncio.ensure_future(request_enrollment(self.settings, request, 300.0))
+        while not reply.done():
+            await asyncio.wait({reply}, timeout=1.0)
+            workers = self.stack.workers
+            if not reply.done() and workers and not any(w.alive() for w in workers):
+                reply.cancel()
+                raise AssertionError(
+                    f"every worker exited before the enrolment was answered; the last one's"
+                    f" log ends:\n{workers[-1].log_tail()}"
+                )
+        return reply.result()
 
     def enroll_photos(self, identity: str, *paths: Path) -> dict:
         photos = tuple(Photo(p.name, p.read_bytes()) for p in paths)
