@@ -4,6 +4,7 @@ for at most its share of the build's time, and never once it serves its index.""
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from actors.gallery.edge import _Build
+from actors.gallery.edge import EngineProcess, _Build
 
 
 def stopped(proc: subprocess.Popen, expect: bool) -> bool:
@@ -33,8 +34,10 @@ def builder() -> Iterator[subprocess.Popen]:
     proc.wait()
 
 
-def build_of(proc: subprocess.Popen, share: float, age_s: float) -> _Build:
-    build = _Build([], "index-1", Path("export-1"), share)
+def build_of(
+    proc: subprocess.Popen, share: float, age_s: float, allowance_s: float = 0.0
+) -> _Build:
+    build = _Build([], "index-1", Path("export-1"), share, allowance_s)
     build.child = SimpleNamespace(proc=proc)  # type: ignore[assignment]
     build.started -= age_s
     return build
@@ -76,3 +79,42 @@ def test_no_share_never_stops_the_builder(builder: subprocess.Popen) -> None:
     with build.paused():
         assert not stopped(builder, False)
     assert build.paused_s == 0
+
+
+def test_a_starting_build_is_stopped_for_searches_within_its_allowance(
+    builder: subprocess.Popen,
+) -> None:
+    """A build's first moments (the builder's imports and loading, at normal priority) held
+    the slowest searches at 1M points, while its share of a build 0.1 s old was ~0."""
+    build = build_of(builder, share=0.5, age_s=0.1, allowance_s=1.0)
+    with build.paused():
+        assert stopped(builder, True)
+        time.sleep(0.4)
+    assert not stopped(builder, False)
+    with build.paused():  # stopped 0.4 s of 0.5: past the share, within the allowance
+        assert stopped(builder, True)
+    without = build_of(builder, share=0.5, age_s=0.1)
+    with without.paused():
+        time.sleep(0.4)
+    with without.paused():
+        assert not stopped(builder, False)
+
+
+def test_an_index_no_longer_served_runs_every_thread_at_the_lowest_priority() -> None:
+    """The old index's close and exit (GBs unmapped and freed: ~0.6 s of CPU at 1M points)
+    ran beside the first searches on the new index, at their priority."""
+    code = "import threading as t, time; t.Thread(target=time.sleep, args=(60,)).start()"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        tasks = Path(f"/proc/{proc.pid}/task")
+        deadline = time.monotonic() + 10
+        while len(list(tasks.iterdir())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        EngineProcess.yield_cpu(SimpleNamespace(proc=proc))  # type: ignore[arg-type]
+        nices = [
+            int((t / "stat").read_text().rsplit(")", 1)[1].split()[16]) for t in tasks.iterdir()
+        ]
+        assert len(nices) == 2 and set(nices) == {19}
+    finally:
+        proc.kill()
+        proc.wait()
