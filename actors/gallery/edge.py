@@ -101,10 +101,6 @@ _READ_ONLY_FILES = frozenset(
     {"matrix.dat", "quantized.data", "links_compressed.bin", "links.bin", "graph.bin"}
 )
 _EXPORT_CHUNK = 2000
-# While it builds, the builder writes its files back this often. Left to the kernel, writeback
-# starts past ~10% of memory (GBs at 1M points), and each enrolment's fsync (an ext4 journal
-# commit, ordered behind dirty data) then waited for all of it: 0.8-2.2 s at 1.4-2.2M points.
-_WRITEBACK_EVERY_S = 0.5
 # Hidden points of the index (deleted, not yet rebuilt) that start a build of their own.
 _MAX_HIDDEN = 5000
 _RETRY_AFTER_S = 30.0
@@ -329,40 +325,13 @@ def _build_in_background(job: dict[str, Any]) -> tuple[qe.EdgeShard, dict[str, A
 
     def work() -> tuple[qe.EdgeShard, dict[str, Any]]:
         _background_priority()
-        with _written_back_as_it_goes(Path(job["out"]).parent, _WRITEBACK_EVERY_S):
-            shard, info = _build(job)
+        shard, info = _build(job)
         info["build_nice"] = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's
         info["prewarm_s"] = _prewarm(Path(job["out"]))
         return shard, info
 
     with ThreadPoolExecutor(1, thread_name_prefix="gallery-build") as pool:
         return pool.submit(work).result()
-
-
-@contextlib.contextmanager
-def _written_back_as_it_goes(folder: Path, every_s: float) -> Iterator[None]:
-    """Sync ``folder``'s filesystem every ``every_s`` meanwhile (from a thread at the
-    caller's background priority), so that little is ever dirty when another process
-    fsyncs."""
-    done = threading.Event()
-    fd = os.open(folder, os.O_RDONLY)
-    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-
-    def write_back() -> None:
-        while not done.wait(every_s):
-            if syncfs is not None:
-                syncfs(fd)
-            else:
-                os.sync()
-
-    thread = threading.Thread(target=write_back, name="gallery-writeback", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        os.close(fd)
 
 
 def _link_or_copy(src: str, dst: str) -> str:
