@@ -99,8 +99,6 @@ def live_owner(settings: Settings, model_id: str, number: int | None = None) -> 
     behind, and joining its Ray address would hang for minutes: such an owner is none."""
     if settings.gallery.backend != "edge":
         return None
-    import psutil
-
     from facestream.ports import in_use
 
     try:
@@ -108,8 +106,21 @@ def live_owner(settings: Settings, model_id: str, number: int | None = None) -> 
     except (OSError, ValueError):
         return None
     host, _, port = str(owner.get("ray_address", "")).rpartition(":")
-    alive = psutil.pid_exists(int(owner.get("pid", -1)))
+    alive = _process_exists(int(owner.get("pid", -1)))
     return owner if alive and port.isdigit() and in_use(host, int(port)) else None
+
+
+def _process_exists(pid: int) -> bool:
+    """Signal 0 checks a pid without psutil (~7 ms of import in a command run in loops)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
 
 
 def running_owner(settings: Settings) -> dict[str, Any] | None:
