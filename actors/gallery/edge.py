@@ -942,8 +942,9 @@ class _Mirror:
 
         Those are normally the newest rows: a build freezes every live shard and writes
         then go to a new one. The new mirror then shares the arrays from its first row
-        (rows never change once written, and the old mirror reads none past its own): a
-        copy of 45k rows took 0.6-0.8 s, with every enrolment waiting for the switch."""
+        (rows never change once written, and the old mirror reads none past its own; the
+        memory of the rows before it goes at the next growth): a copy of 45k rows took
+        0.6-0.8 s, with every enrolment waiting for the switch."""
         with self.lock:
             n, vectors, alive, tag_of = self.n, self.vectors, self.alive, self.tag_of
             ids, payloads = self.ids[:n], self.payloads[:n]
