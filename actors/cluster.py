@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
 
 from actors.deployment import (
     PLACEMENT_FILE,
@@ -61,29 +67,50 @@ def join_ray(settings: Settings, address: str, attempts: int = 1) -> bool:
     return True
 
 
+# A local Ray that does not come up (its raylet not registered within Ray's fixed 30 s on a
+# loaded machine, an agent's port taken meanwhile) is started again, this many times in all.
+LOCAL_RAY_STARTS = 3
+
+
 def connect_ray(settings: Settings) -> None:
     """Join the configured cluster, or start a local one. Call before Faust takes over stdio."""
     if ray.is_initialized():
         return
+    local = settings.ray.address is None
     # mode (Faust) replaces sys.stdout/stderr with proxies that lack fileno(), which Ray's
     # faulthandler needs: use the real streams while Ray starts.
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     try:
-        ray.init(
-            address=settings.ray.address,
-            namespace=settings.ray.namespace,
-            num_cpus=settings.ray.num_cpus if settings.ray.address is None else None,
-            include_dashboard=False,
-            log_to_driver=False,
-            **(
-                {"_metrics_export_port": settings.ray.metrics_export_port}
-                if settings.ray.address is None and settings.ray.metrics_export_port
-                else {}
-            ),
-        )
+        for attempt in Retrying(
+            stop=stop_after_attempt(LOCAL_RAY_STARTS if local else 1),
+            retry=retry_if_exception_type(Exception),
+            wait=wait_fixed(1.0),
+            before_sleep=_start_again,
+            reraise=True,
+        ):
+            with attempt:
+                ray.init(
+                    address=settings.ray.address,
+                    namespace=settings.ray.namespace,
+                    num_cpus=settings.ray.num_cpus if local else None,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    **(
+                        {"_metrics_export_port": settings.ray.metrics_export_port}
+                        if local and settings.ray.metrics_export_port
+                        else {}
+                    ),
+                )
     finally:
         sys.stdout, sys.stderr = saved
+
+
+def _start_again(state: RetryCallState) -> None:
+    """Before another start of a local Ray: what the failed one left running goes."""
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("the local Ray did not start (%s); starting it again", exc)
+    ray.shutdown()
 
 
 __all__ = [
