@@ -107,6 +107,10 @@ _RETRY_AFTER_S = 30.0
 # Searches may stop a build this long beyond its share (``_Build.paused``): at 1M points the
 # slowest searches (118-120 ms) came in the first 0.3 s of builds, when the share was ~0.
 _PAUSE_ALLOWANCE_S = 1.0
+# After a switch the next automatic build waits this long: the switch's aftermath (the old
+# index exiting, its files removed, the frozen shards dropped: ~1 s of CPU at 1M points)
+# and a build's start (its export, the builder's imports) together held a search 185 ms.
+_SETTLE_AFTER_SWITCH_S = 3.0
 _OPEN_ATTEMPTS = 6
 
 
@@ -1101,6 +1105,8 @@ class EdgeGallery(Gallery):
         self._index: EngineProcess | None = None
         self._build: _Build | None = None
         self._retry_at = 0.0
+        self._settle_timer: threading.Timer | None = None
+        self._settled_at = 0.0  # no automatic build before (the aftermath of a switch)
         self._closed = False
         meta_file = self.path / META_FILE
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
@@ -1372,7 +1378,7 @@ class EdgeGallery(Gallery):
     def _maybe_build(self) -> None:
         if not self.auto_index or self._build is not None or self._closed:
             return
-        if self._live is None or time.monotonic() < self._retry_at:
+        if self._live is None or time.monotonic() < max(self._retry_at, self._settled_at):
             return
         if self.unindexed() >= self.options.index_threshold or self._hidden.size() >= _MAX_HIDDEN:
             self.build_index()
@@ -1484,6 +1490,8 @@ class EdgeGallery(Gallery):
             # Until the state file says so, a restart opens the old index and the frozen
             # shard, both still on disk; no write can come between (the write lock).
             self._save_state()
+        if sys.platform == "linux":  # per thread there (elsewhere it would be the process)
+            _background_priority()  # what is left is cleanup, behind the searches
         self._live.call("drop", sorted(frozen))  # no longer read; deletes may still reach it
         if old is not None:
             old.yield_cpu()
@@ -1494,7 +1502,15 @@ class EdgeGallery(Gallery):
         self.builds.append({**info, "wall_s": round(wall_s, 3), "paused_s": round(paused_s, 3),
                             "started_at": build.started, "served_at": served_at})  # fmt: skip
         log.info("gallery index %s served: %s", build.out, info)
-        self._maybe_build()
+        # The next automatic build comes from a timer's thread, at normal priority.
+        self._settled_at = served_at + _SETTLE_AFTER_SWITCH_S
+        self._settle_timer = threading.Timer(_SETTLE_AFTER_SWITCH_S, self._build_after_settling)
+        self._settle_timer.daemon = True
+        self._settle_timer.start()
+
+    def _build_after_settling(self) -> None:
+        with contextlib.suppress(GalleryError):  # closed meanwhile
+            self._maybe_build()
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -1506,6 +1522,8 @@ class EdgeGallery(Gallery):
             build = self._build
             if build is not None:
                 build.cancel = True
+            if self._settle_timer is not None:
+                self._settle_timer.cancel()
         if build is not None:
             if build.child is not None:
                 build.child.stop()  # its thread then closes it
