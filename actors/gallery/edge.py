@@ -1487,6 +1487,8 @@ class EdgeGallery(Gallery):
                 self._state["hidden"] = {}
                 self._build = None
             served_at = time.monotonic()
+            # No automatic build until the aftermath below is over (a timer starts it).
+            self._settled_at = served_at + _SETTLE_AFTER_SWITCH_S
             # Until the state file says so, a restart opens the old index and the frozen
             # shard, both still on disk; no write can come between (the write lock).
             self._save_state()
@@ -1503,7 +1505,6 @@ class EdgeGallery(Gallery):
                             "started_at": build.started, "served_at": served_at})  # fmt: skip
         log.info("gallery index %s served: %s", build.out, info)
         # The next automatic build comes from a timer's thread, at normal priority.
-        self._settled_at = served_at + _SETTLE_AFTER_SWITCH_S
         self._settle_timer = threading.Timer(_SETTLE_AFTER_SWITCH_S, self._build_after_settling)
         self._settle_timer.daemon = True
         self._settle_timer.start()
