@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 
 import faust
 
@@ -37,6 +38,10 @@ def run_worker(settings: Settings) -> None:
         gpu_requested = str(settings.ray.model_num_gpus > 0).lower()
         metrics.MODEL_INFO.labels(actors.model_id, actors.providers[0], gpu_requested).set(1)
     compute = RayCompute(settings, actors, on_failure=observe.failed_call)
-    app = create_app(settings, compute)
-    worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
-    worker.execute_from_commandline()
+    # Faust keeps table state in its data folder, `<app id>-data` in the working directory
+    # unless told otherwise. facestream has no Faust tables, so the folder would stay empty
+    # wherever the worker was started: give it a temporary one, removed on exit.
+    with tempfile.TemporaryDirectory(prefix="facestream-worker-") as datadir:
+        app = create_app(settings, compute, datadir=datadir)
+        worker = faust.Worker(app, loglevel=settings.log_level, quiet=True)
+        worker.execute_from_commandline()

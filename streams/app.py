@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 GAUGE_WAIT_S = 2.0  # the gauges tick waits this long for the gallery size, no longer
 
 
-def faust_config(settings: Settings) -> dict[str, Any]:
+def faust_config(settings: Settings, datadir: str | None = None) -> dict[str, Any]:
     tuning = settings.tuning
     return {
+        **({"datadir": datadir} if datadir else {}),
         "broker": [f"kafka://{host}" for host in settings.kafka.bootstrap_list],
         "broker_credentials": faust_credentials(settings.kafka.security),
         "web_enabled": False,
@@ -52,8 +53,8 @@ def faust_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def create_app(settings: Settings, compute: Compute) -> faust.App:
-    app = faust.App(settings.kafka.app_id, **faust_config(settings))
+def create_app(settings: Settings, compute: Compute, datadir: str | None = None) -> faust.App:
+    app = faust.App(settings.kafka.app_id, **faust_config(settings, datadir))
     transport.install(app, settings.tuning.fetch_max_wait_ms)
     # Commits never pass an image still in flight, whatever the concurrency (faust#606).
     offsets.guard_commits(app)
