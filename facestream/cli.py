@@ -111,7 +111,7 @@ def _image_files(paths: tuple[str, ...]) -> list[Path]:
 
 
 def _skipped(path: Path, why: str) -> bool:
-    console.print(f"[yellow]skipped[/] {path}: {why}")
+    console().print(f"[yellow]skipped[/] {path}: {why}")
     return False
 
 
@@ -170,7 +170,7 @@ def up(with_prometheus: bool) -> None:
         prometheus = _start_prometheus(settings, stack, run_dir) if with_prometheus else None
         if prometheus is not None:
             services.callback(prometheus.stop)
-        console.print(
+        console().print(
             f"facestream up: broker {settings.kafka.bootstrap_servers}, "
             f"gallery {settings.gallery.path}, logs in {run_dir}\n"
             + (f"  Prometheus {prometheus.url}: facestream status\n" if prometheus else "")
@@ -181,11 +181,11 @@ def up(with_prometheus: bool) -> None:
             while not (dead := _first_dead(stack)):
                 time.sleep(1)
             name, child = dead
-            console.print(f"[red]the {name} exited; stopping the stack.[/] Its log:")
-            console.print(child.log_tail(), markup=False, highlight=False)
+            console().print(f"[red]the {name} exited; stopping the stack.[/] Its log:")
+            console().print(child.log_tail(), markup=False, highlight=False)
             sys.exit(1)
         except KeyboardInterrupt:
-            console.print("stopping...")
+            console().print("stopping...")
 
 
 def _first_dead(stack: EmbeddedStack) -> tuple[str, object] | None:
@@ -239,7 +239,7 @@ def status(url: str | None, window: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary))
     else:
-        console.print(kv_table(f"facestream status (Prometheus {url})", status_rows(summary)))
+        console().print(kv_table(f"facestream status (Prometheus {url})", status_rows(summary)))
 
 
 @main.command()
@@ -285,12 +285,12 @@ def produce(paths: tuple[str, ...], source: str) -> None:
     settings = _settings()
     files = _readable(_image_files(paths), settings.kafka.max_message_bytes)
     items = (ImageToSend(f"{f.stem}-{uuid.uuid4().hex[:8]}", data, source) for f, data in files)
-    with Progress(console=console, transient=True) as progress:
+    with Progress(console=console(), transient=True) as progress:
         task = progress.add_task("producing", total=len(files))
         sent = asyncio.run(
             produce_images(settings, items, on_sent=lambda _: progress.advance(task))
         )
-    console.print(f"sent {sent} image(s)")
+    console().print(f"sent {sent} image(s)")
 
 
 @main.command()
@@ -395,7 +395,7 @@ def _enroll_bulk(
     except BulkError as exc:
         raise click.ClickException(str(exc)) from exc
     for line in todo.skipped:
-        console.print(f"[yellow]skipped[/] {line}")
+        console().print(f"[yellow]skipped[/] {line}")
     if settings.privacy.require_basis and (missing := [e for e in todo.entries if not e.basis]):
         raise click.UsageError(
             f"{len(missing)} photo(s) without a basis (first: {missing[0].path}): give --basis "
@@ -403,17 +403,17 @@ def _enroll_bulk(
         )
     path = journal_file or journal_path(settings, source)
     journal = Journal(path)
-    console.print(f"enrolling {len(todo.entries)} photo(s) from {source}; journal {path}")
+    console().print(f"enrolling {len(todo.entries)} photo(s) from {source}; journal {path}")
     columns = (TextColumn("enrolling"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn())
     try:
-        with Progress(*columns, TimeRemainingColumn(), console=console, transient=True) as bar:
+        with Progress(*columns, TimeRemainingColumn(), console=console(), transient=True) as bar:
             task = bar.add_task("enrolling", total=len(todo.entries))
             last_line = [0.0]
 
             def advance(n: int) -> None:
                 bar.advance(task, n)
                 now = time.monotonic()
-                if not console.is_terminal and now - last_line[0] >= 1.0:
+                if not console().is_terminal and now - last_line[0] >= 1.0:
                     last_line[0] = now  # a log, not a terminal: one line a second at most
                     done = int(bar.tasks[0].completed)
                     click.echo(f"enroll: {done}/{len(todo.entries)}", err=True)
@@ -435,14 +435,14 @@ def _enroll_bulk(
 def _print_bulk_summary(summary: dict, as_json: bool) -> None:
     for row in summary["refused"]:
         matched = f" (matches {row['matches']})" if row.get("matches") else ""
-        console.print(f"[red]refused[/] {row['path']}: {row['reason']}{matched}")
+        console().print(f"[red]refused[/] {row['path']}: {row['reason']}{matched}")
     for row in summary["duplicates"]:
-        console.print(
+        console().print(
             f"[yellow]enrolled as {row['identity_enrolled']}, though it matches[/] "
             f"{row['identity']} {row['similarity']:.2f}: {row['path']}"
         )
     for line in summary["unreadable"]:
-        console.print(f"[yellow]skipped[/] {line}")
+        console().print(f"[yellow]skipped[/] {line}")
     rate = summary["enrolled"] / summary["seconds"] if summary["seconds"] else 0.0
     shown = {
         "photos": summary["photos"],
@@ -453,7 +453,7 @@ def _print_bulk_summary(summary: dict, as_json: bool) -> None:
         "seconds": summary["seconds"],
         "photos/s": round(rate, 1),
     }
-    console.print(kv_table("bulk enrolment", shown))
+    console().print(kv_table("bulk enrolment", shown))
     if as_json:
         click.echo(json.dumps(summary))
     if summary["refused"] or summary["unreadable"]:
@@ -467,7 +467,7 @@ def _print_bulk_summary(summary: dict, as_json: bool) -> None:
 def _print_ack(reply: dict) -> None:
     if reply["ok"]:
         detail = {k: reply[k] for k in ("photos", "removed", "basis", "tombstoned") if k in reply}
-        console.print(f"[green]ok[/] {reply['op']} {reply['identity']} {detail}")
+        console().print(f"[green]ok[/] {reply['op']} {reply['identity']} {detail}")
         return
     error = reply["error"]
     photo = f" ({error['photo']})" if error.get("photo") else ""
@@ -502,11 +502,11 @@ def identities_list(as_json: bool, limit: int, after: str | None) -> None:
             click.echo(json.dumps(row))
         return
     title = f"{len(rows)} of {total} identities" + (f" after {after!r}" if after else "")
-    console.print(rows_table(title, rows, ["identity", "name", "photos", "enrolled_at"]))
+    console().print(rows_table(title, rows, ["identity", "name", "photos", "enrolled_at"]))
     if len(rows) == limit:
         import shlex
 
-        console.print(f"next page: --after {shlex.quote(rows[-1]['identity'])}")
+        console().print(f"next page: --after {shlex.quote(rows[-1]['identity'])}")
 
 
 @identities.command("show")
@@ -533,14 +533,14 @@ def identities_show(identity: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report))
         return
-    console.print(
+    console().print(
         rows_table(
             f"{identity}: {len(stored)} gallery entries",
             stored,
             ["gallery", "current", "photo", "name", "basis", "enrolled_at", "photo_sha256"],
         )
     )
-    console.print(
+    console().print(
         rows_table(
             f"{identity}: {len(requests)} requests in {settings.topics.enrollments}"
             " (deleted by time)",
@@ -548,7 +548,7 @@ def identities_show(identity: str, as_json: bool) -> None:
             ["offset", "op", "photos", "tombstone"],
         )
     )
-    console.print(
+    console().print(
         rows_table(
             f"{identity}: {len(state)} records in {state_topic(settings)}, "
             f"{report['live_state_records']} live after compaction",
@@ -581,14 +581,14 @@ def _shown_everywhere(settings: Settings, identity: str) -> list[dict]:
     rows: list[dict] = []
     for generation in generations(settings):
         if (doc := holder(settings, generation)) is not None:
-            console.print(f"[yellow]gallery {generation.name} is held by process {doc['pid']}[/]")
+            console().print(f"[yellow]gallery {generation.name} is held by process {doc['pid']}[/]")
             continue
         try:
             gallery = open_model_gallery(
                 settings, generation.model_id, None, generation=generation.number
             )
         except Exception as exc:  # held by a running process: reported, not hidden
-            console.print(f"[yellow]gallery {generation.name} not readable[/]: {exc}")
+            console().print(f"[yellow]gallery {generation.name} not readable[/]: {exc}")
             continue
         try:
             found = gallery.show(identity)
@@ -614,7 +614,8 @@ def identities_delete(identity: str, timeout: float) -> None:
     )
     _print_ack(reply)
     if reply.get("ok"):
-        console.print(f"tombstoned {reply.get('tombstones', 0)} photo record(s) in the state topic")
+        tombstones = reply.get("tombstones", 0)
+        console().print(f"tombstoned {tombstones} photo record(s) in the state topic")
 
 
 @main.command()
@@ -642,7 +643,7 @@ def watch(
                 if as_json:
                     click.echo(json.dumps({"topic": kind, **event}))
                 else:
-                    console.print(event_line(kind, event))
+                    console().print(event_line(kind, event))
                 if limit is not None and shown >= limit:
                     return
 
@@ -755,7 +756,7 @@ def eval_command(
         {"queries": "impostor faces", "outcome": k, "count": v}
         for k, v in summary["impostor"].items()
     ]
-    console.print(
+    console().print(
         rows_table(
             f"decisions at the configured thresholds (match {result.threshold}{review})",
             split_rows,
@@ -773,7 +774,7 @@ def eval_command(
         }
         for r in summary["table"]
     ]
-    console.print(
+    console().print(
         rows_table(
             f"open-set identification: {len(result.genuine)} genuine queries (misses included),"
             f" {len(result.impostors)} impostor faces, {n_eval} enrolled",
@@ -789,7 +790,7 @@ def eval_command(
         )
         row[f"N={p['gallery_size']:,}"] = projected(p)
     if by_size:
-        console.print(
+        console().print(
             rows_table(
                 "expected FPIR by gallery size, 1-(1-p(t))^N (<= what the measured comparisons"
                 " alone can bound)",
@@ -832,15 +833,15 @@ def eval_command(
         facts[f"suggested {name} threshold for FPIR <= {s['target_fpir']:g} at {n}"] = text
     facts["DET curve"] = result.det_path
     facts["histograms"] = result.histogram_path
-    console.print(kv_table("evaluation", facts))
+    console().print(kv_table("evaluation", facts))
     for failure in result.failures_to_enrol:
-        console.print(
+        console().print(
             f"[yellow]failure to enrol[/] {failure['identity']}: "
             f"{failure['reason']}: {failure['message']}"
         )
     for g in result.genuine:
         if g.outcome == "failure_to_acquire":
-            console.print(f"[yellow]failure to acquire[/] {g.photo}: {g.reason}")
+            console().print(f"[yellow]failure to acquire[/] {g.photo}: {g.reason}")
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -857,10 +858,10 @@ def samples(eval_set: Path | None) -> None:
     from facestream.samples import ensure_samples, layout_eval_set
 
     folder = ensure_samples(_settings().cache_dir)
-    console.print(f"sample photos in {folder}")
+    console().print(f"sample photos in {folder}")
     if eval_set is not None:
         labelled, impostors = layout_eval_set(folder, eval_set)
-        console.print(f"facestream eval {labelled} --impostors {impostors}")
+        console().print(f"facestream eval {labelled} --impostors {impostors}")
 
 
 @main.command()
@@ -891,11 +892,11 @@ def reindex(batch: int, force: bool, as_json: bool) -> None:
     from facestream.reindex import reindex as run
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as bar:
+    with Progress(*columns, TimeElapsedColumn(), console=console(), transient=True) as bar:
         tasks: dict[str, object] = {}
 
         def progress(phase: str, done: int, total: int | None) -> None:
-            if not console.is_terminal:
+            if not console().is_terminal:
                 click.echo(f"reindex: {phase} {done}/{total}", err=True)
             if phase not in tasks:
                 tasks[phase] = bar.add_task(phase, total=total)
@@ -906,9 +907,10 @@ def reindex(batch: int, force: bool, as_json: bool) -> None:
         except ReindexRefused as exc:
             raise click.ClickException(str(exc)) from exc
     shown = {k: v for k, v in summary.items() if k != "refused photos"}
-    console.print(kv_table(f"reindexed; the current gallery is now {summary['generation']}", shown))
+    title = f"reindexed; the current gallery is now {summary['generation']}"
+    console().print(kv_table(title, shown))
     for line in summary["refused photos"]:
-        console.print(f"[yellow]refused by this model[/] {line}")
+        console().print(f"[yellow]refused by this model[/] {line}")
     if as_json:
         click.echo(json.dumps(summary))
 
@@ -962,7 +964,7 @@ def models(retire_app: str | None, force: bool, as_json: bool) -> None:
         for name, app in sorted(apps.items())
     ]
     columns = ["application", "status", "replicas", "last claimed"]
-    console.print(rows_table("model applications (Ray Serve)", rows, columns))
+    console().print(rows_table("model applications (Ray Serve)", rows, columns))
 
 
 @main.command()
@@ -972,7 +974,7 @@ def topics() -> None:
 
     settings = _settings()
     asyncio.run(ensure_topics(settings))
-    console.print(kv_table("topics (partitions)", topic_specs(settings)))
+    console().print(kv_table("topics (partitions)", topic_specs(settings)))
 
 
 if __name__ == "__main__":

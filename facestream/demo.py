@@ -60,21 +60,21 @@ def demo_images(samples: Path) -> list[ImageToSend]:
 
 def run_demo(base: Settings, timeout_s: float = 300.0) -> int:
     started = time.monotonic()
-    console.print("fetching sample photos...")
+    console().print("fetching sample photos...")
     samples = ensure_samples(base.cache_dir)
     run_dir = Path(tempfile.mkdtemp(prefix="facestream-demo-"))
     settings = private_settings(base, run_dir)
-    console.print(f"starting broker and worker (logs in {run_dir})...")
+    console().print(f"starting broker and worker (logs in {run_dir})...")
     with EmbeddedStack(settings, run_dir) as stack:
         try:
             tally = asyncio.run(_enrol_and_stream(settings, samples, timeout_s))
         except (TimeoutError, RuntimeError) as exc:
-            console.print(
+            console().print(
                 f"[red]demo failed: {exc}[/]\n--- worker log ---\n" + stack.workers[0].log_tail()
             )
             return 1
     summary = {**tally.summary(), "wall time (s)": f"{time.monotonic() - started:.1f}"}
-    console.print(kv_table("summary", summary))
+    console().print(kv_table("summary", summary))
     expected = len(STREAM) + 2
     return 0 if tally.images == expected else 1
 
@@ -90,16 +90,16 @@ async def _enrol_and_stream(settings: Settings, samples: Path, timeout_s: float)
         )
         reply = await request_enrollment(settings, request, timeout_s)
         state = "[green]enrolled[/]" if reply["ok"] else f"[red]refused: {reply['error']}[/]"
-        console.print(f"{state} {identity} ({name}) from {', '.join(photos)}")
+        console().print(f"{state} {identity} ({name}) from {', '.join(photos)}")
     images = demo_images(samples)
     tally = Tally()
     async with tail(settings, outcome_topics(settings)) as consumer:
         await produce_images(settings, images)
-        console.print(f"produced {len(images)} images; match events:")
+        console().print(f"produced {len(images)} images; match events:")
         deadline = Deadline(timeout_s)
         async for kind, event in read_outcomes(settings, consumer, idle_timeout_s=timeout_s):
             if tally.add(kind, event):
-                console.print("  " + event_line(kind, event))
+                console().print("  " + event_line(kind, event))
             if tally.images == len(images):
                 break
             if deadline.expired:

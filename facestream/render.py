@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
-# soft_wrap: a line longer than the terminal stays one line (the terminal folds it), so that a
-# path or an image id is never broken in two, in a terminal or in a log.
-console = Console(highlight=False, soft_wrap=True)
+
+@cache
+def console() -> Console:
+    """The console people read, made (and rich imported, ~20 ms) on first use: a command
+    that prints only JSON lines, e.g. ``identities list --json``, never pays for it."""
+    from rich.console import Console
+
+    # soft_wrap: a line longer than the terminal stays one line (the terminal folds it), so
+    # that a path or an image id is never broken in two, in a terminal or in a log.
+    return Console(highlight=False, soft_wrap=True)
 
 
 def describe_face(face: dict[str, Any]) -> str:
@@ -36,6 +45,8 @@ def event_line(topic_kind: str, event: dict[str, Any]) -> str:
 
 
 def kv_table(title: str, rows: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column(justify="right")
@@ -45,6 +56,8 @@ def kv_table(title: str, rows: dict[str, Any]) -> Table:
 
 
 def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Table:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     for col in columns:
         table.add_column(col)

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from facestream.render import console
 
 
 def test_a_path_longer_than_the_terminal_is_printed_on_one_line() -> None:
     path = "/tmp/" + "deep/" * 40 + "dangling.jpg"  # 217 characters: past any terminal width
-    with console.capture() as captured:
-        console.print(f"[yellow]skipped[/] {path}: not a file")
+    with console().capture() as captured:
+        console().print(f"[yellow]skipped[/] {path}: not a file")
     assert captured.get().splitlines() == [f"skipped {path}: not a file"]
+
+
+def test_the_cli_imports_rich_only_to_print_for_people() -> None:
+    # Every command starts by importing the CLI; one that prints JSON lines only (e.g.
+    # `identities list --json`, timed at 1M faces) must not pay rich's ~20 ms import.
+    code = "import sys, facestream.cli; print([m for m in sys.modules if m.startswith('rich')])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
