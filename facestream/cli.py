@@ -19,7 +19,7 @@ import click
 
 from core.formats import named_as_image
 from core.settings import Settings
-from facestream.render import console, event_line, kv_table, rows_table
+from facestream.render import columns_text, console, event_line, kv_table, rows_table
 from facestream.tally import Tally
 
 if TYPE_CHECKING:
@@ -502,11 +502,11 @@ def identities_list(as_json: bool, limit: int, after: str | None) -> None:
             click.echo(json.dumps(row))
         return
     title = f"{len(rows)} of {total} identities" + (f" after {after!r}" if after else "")
-    console().print(rows_table(title, rows, ["identity", "name", "photos", "enrolled_at"]))
+    click.echo(columns_text(title, rows, ["identity", "name", "photos", "enrolled_at"]))
     if len(rows) == limit:
         import shlex
 
-        console().print(f"next page: --after {shlex.quote(rows[-1]['identity'])}")
+        click.echo(f"next page: --after {shlex.quote(rows[-1]['identity'])}")
 
 
 @identities.command("show")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -64,3 +65,23 @@ def rows_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> Ta
     for row in rows:
         table.add_row(*(str(row.get(c, "")) for c in columns))
     return table
+
+
+def columns_text(title: str, rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A listing as plain aligned columns under a title, as ``kubectl get`` prints one: read,
+    grepped and cut by people, without rich's import and layout (~45 ms of the 100-row
+    ``identities list``) and without reading markup in enrolled names."""
+    cells = [columns, *([_cell(row.get(c)) for c in columns] for row in rows)]
+    widths = [max(_width(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["  ".join(v + " " * (w - _width(v)) for v, w in zip(line, widths, strict=True))
+             for line in cells]  # fmt: skip
+    return "\n".join([title, *(line.rstrip() for line in lines)])
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None or value == "" else str(value)  # a column awk can still count
+
+
+def _width(text: str) -> int:
+    """Terminal columns of ``text``: East Asian wide characters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from facestream.render import console
+from facestream.render import columns_text, console
 
 
 def test_a_path_longer_than_the_terminal_is_printed_on_one_line() -> None:
@@ -21,3 +21,19 @@ def test_the_cli_imports_rich_only_to_print_for_people() -> None:
     code = "import sys, facestream.cli; print([m for m in sys.modules if m.startswith('rich')])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_listing_keeps_its_columns_aligned_whatever_the_names() -> None:
+    rows = [
+        {"identity": "p1", "name": "[bold]Ann[/]", "photos": 3},  # markup stays text
+        {"identity": "p22", "name": None, "photos": 12},  # no name: a dash, not an empty cell
+        {"identity": "p3", "name": "王小明", "photos": 1},  # wide characters: two columns each
+    ]
+    text = columns_text("3 of 3 identities", rows, ["identity", "name", "photos"])
+    assert text.splitlines() == [
+        "3 of 3 identities",
+        "identity  name          photos",
+        "p1        [bold]Ann[/]  3",
+        "p22       -             12",
+        "p3        王小明        1",
+    ]
