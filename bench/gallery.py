@@ -469,8 +469,10 @@ def settle(folder: Path, build_threads: int = 0) -> dict[str, Any]:
     """Index what a kept gallery holds outside its index (live points, erasures hidden in it),
     as a served gallery settles: ``unindexed`` and ``hidden`` found, ``build_s``, ``points``.
     The live traffic of ``--keep`` leaves both behind, and a stack opening such a gallery
-    searches those points exactly and starts a full rebuild at once."""
-    options = GallerySettings(index_threads=build_threads)
+    searches those points exactly and starts a full rebuild at once. The build runs at the
+    stack's gallery settings (``FACESTREAM_GALLERY__*``, e.g. a gallery kept with
+    ``--quantization turbo4`` is settled with ``FACESTREAM_GALLERY__QUANTIZATION=turbo4``)."""
+    options = Settings().gallery.model_copy(update={"index_threads": build_threads})
     gallery = EdgeGallery(folder, None, None, options=options, auto_index=False)
     try:
         gallery._engine()  # loads the live points
