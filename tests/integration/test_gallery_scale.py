@@ -391,7 +391,8 @@ def test_a_build_cut_short_leaves_nothing_behind(tmp_path: Path) -> None:
     g.close()
 
 
-def test_a_build_never_writes_the_served_index(tmp_path: Path) -> None:
+@pytest.mark.parametrize("quantization", ["turbo4", "int8"])
+def test_a_build_never_writes_the_served_index(tmp_path: Path, quantization: str) -> None:
     """A build links the served index's read-only files (vectors, quantized vectors, graph)
     instead of copying them; deleting, adding and merging must leave them byte for byte."""
     import hashlib
@@ -400,7 +401,7 @@ def test_a_build_never_writes_the_served_index(tmp_path: Path) -> None:
 
     rng = np.random.default_rng(3)
     opts = {"dim": DIM, "m": 16, "ef_construct": 48, "full_scan_kb": FULL_SCAN_KB,
-            "threads": 1, "quantization": "int8"}  # fmt: skip
+            "threads": 1, "quantization": quantization}  # fmt: skip
 
     def export(folder: Path, start: int, n: int) -> str:
         ids = [f"00000000-0000-0000-0000-{i:012d}" for i in range(start, start + n)]
