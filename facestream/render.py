@@ -72,10 +72,11 @@ def columns_text(title: str, rows: list[dict[str, Any]], columns: list[str]) -> 
     grepped and cut by people, without rich's import and layout (~45 ms of the 100-row
     ``identities list``) and without reading markup in enrolled names."""
     cells = [columns, *([_cell(row.get(c)) for c in columns] for row in rows)]
-    widths = [max(_width(line[i]) for line in cells) for i in range(len(columns))]
-    lines = ["  ".join(v + " " * (w - _width(v)) for v, w in zip(line, widths, strict=True))
-             for line in cells]  # fmt: skip
-    return "\n".join([title, *(line.rstrip() for line in lines)])
+    sized = [[(text, _width(text)) for text in line] for line in cells]
+    widths = [max(w for _, w in column) for column in zip(*sized, strict=True)]
+    lines = ["  ".join(text + " " * (width - w) for (text, w), width in zip(line, widths,
+             strict=True)).rstrip() for line in sized]  # fmt: skip
+    return "\n".join([title, *lines])
 
 
 def _cell(value: Any) -> str:
